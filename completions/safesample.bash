@@ -1,0 +1,10 @@
+_safesample_completion() {
+    local IFS=$'
+'
+    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
+                   COMP_CWORD=$COMP_CWORD \
+                   _SAFESAMPLE_COMPLETE=complete_bash $1 ) )
+    return 0
+}
+
+complete -o default -F _safesample_completion safesample

@@ -1,0 +1,1 @@
+complete --command safesample --no-files --arguments "(env _SAFESAMPLE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) safesample)" --condition "env _SAFESAMPLE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) safesample"

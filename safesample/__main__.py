@@ -1,0 +1,3 @@
+from safesample.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""The `safesample` command line: one place where all subcommands are registered.
+
+Each command module parses its options and calls the stage logic; `main()` maps errors to
+exit codes and `error:` / `hint:` lines.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from typing import Annotated, Optional
+
+import typer
+# typer vendors its own click; its usage errors are these classes, not the `click` package's.
+from typer._click import exceptions as click_errors
+
+from safesample import __version__, console
+from safesample.errors import (EXIT_CODES_HELP, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE,
+                               SafesampleError)
+from safesample.cli import cluster, embed, finetune, judge, label, mix, select
+
+HELP = f"""Pick a small, behavior-aware and diverse set of safety examples to mix into LLM
+fine-tuning data, fine-tune with it, and judge the result.
+
+Every command reads a table and writes one, so they chain in pipes:
+
+\b
+  safesample label pool.parquet -o - \\
+    | safesample embed - -o - \\
+    | safesample cluster - -o clustered.parquet
+
+{EXIT_CODES_HELP}"""
+
+app = typer.Typer(name="safesample", help=HELP, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  pretty_exceptions_enable=False)
+
+for module in (label, embed, cluster, select, mix, finetune, judge):
+    app.command(module.NAME, help=module.HELP, no_args_is_help=True)(module.command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"safesample {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                         help="Print the version and exit.")] = None) -> None:
+    pass
+
+
+def _error(message: str, hint: str | None) -> None:
+    console.console.print(f"error: {message}", markup=False, style="bold red", soft_wrap=True)
+    if hint:
+        console.console.print(f"hint: {hint}", markup=False, soft_wrap=True)
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="safesample", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except click_errors.NoArgsIsHelpError as exc:
+        console.console.print(exc.ctx.get_help() if exc.ctx else str(exc), markup=False, highlight=False)
+        return EXIT_USAGE
+    except click_errors.UsageError as exc:
+        where = f"safesample {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path \
+            else "safesample"
+        _error(exc.format_message(), f"see `{where} --help`")
+        return EXIT_USAGE
+    except typer.Abort:
+        _error("interrupted", None)
+        return EXIT_INTERRUPTED
+    except SafesampleError as exc:
+        if console.verbosity() >= console.VERBOSE:
+            traceback.print_exc()
+        _error(exc.message, exc.hint)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted; no output was written", None)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader downstream closed the pipe (e.g. `| head`): exit quietly.
+        _silence_stdout()
+        return EXIT_ERROR
+    except Exception as exc:  # an unexpected failure: one line, traceback with -v
+        if console.verbosity() >= console.VERBOSE:
+            traceback.print_exc()
+        _error(f"{type(exc).__name__}: {exc}", "this looks like a bug; rerun with -v for the traceback "
+               "and report it")
+        return EXIT_ERROR
+    finally:
+        console.restore_stdout()
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass

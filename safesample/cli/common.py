@@ -1,0 +1,72 @@
+"""What every command shares: the common options, set-up, input loading and output writing.
+
+The options are declared once here so `-o`, `--seed`, `-q`, `-v`, `--dry-run`, `--limit` and
+`--batch-size` mean the same in every command.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from safesample import console
+from safesample.errors import UsageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+Input = Annotated[str, typer.Argument(help="Input table (.parquet, .arrow, .csv, .jsonl), or '-' for stdin.",
+                                      show_default=False)]
+Output = Annotated[str, typer.Option("--output", "-o", help="Output table (.parquet), or '-' for an "
+                                     "Arrow stream on stdout (refused on a terminal).")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress, no summary.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks on errors.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Validate inputs and print the plan; load no "
+                                      "model, write nothing.")]
+Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Process only the first N rows.",
+                                              show_default=False)]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Rows per model batch.")]
+
+
+def setup(quiet: bool = False, verbose: bool = False) -> None:
+    """Start of every command body: verbosity, and stdout kept for data only."""
+    if quiet and verbose:
+        raise UsageError("-q/--quiet and -v/--verbose contradict each other", "pass one of them")
+    console.set_verbosity(console.QUIET if quiet else console.VERBOSE if verbose else console.NORMAL)
+    console.protect_stdout()
+
+
+def load(source: str, limit: int | None = None) -> "pa.Table":
+    """Read the input table, keep the first `limit` rows, and make sure it has an `id`."""
+    from safesample.tables import ensure_id, read_table
+
+    table = read_table(source)
+    if limit is not None:
+        table = table.slice(0, limit)
+    table = ensure_id(table)
+    console.debug(f"read {table.num_rows} rows x {table.num_columns} columns from {source}")
+    return table
+
+
+def save(table: "pa.Table", output: str, command: str, args: dict[str, Any], *,
+         seed: int | None = None, models: dict[str, str] | None = None,
+         inputs: list[str] | None = None) -> None:
+    """Write the result with this stage's provenance appended."""
+    from safesample.tables import provenance_entry, write_table
+
+    entry = provenance_entry(command, args, seed=seed, models=models, inputs=inputs)
+    write_table(table, output, provenance=entry)
+    where = "stdout" if output == "-" else output
+    console.info(f"wrote {table.num_rows} rows x {table.num_columns} columns to {where}")
+
+
+def not_implemented(command: str) -> None:
+    raise UsageError(f"`safesample {command}` is not implemented yet",
+                     "this stage is still being built; see the README for what works today")
+
+
+def argv() -> list[str]:
+    return sys.argv[1:]

@@ -1,0 +1,21 @@
+"""`safesample embed`: not built yet; exits 2 rather than pretend to work."""
+
+from __future__ import annotations
+
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
+                                   not_implemented, setup)
+
+NAME = "embed"
+HELP = """Add sentence embeddings of a text column (default: the instruction).
+
+Examples:
+
+  safesample embed labeled.parquet -o embedded.parquet
+"""
+
+
+def command(input: Input, output: Output = "-", seed: Seed = 0, limit: Limit = None,
+            batch_size: BatchSize = 32, dry_run: DryRun = False, quiet: Quiet = False,
+            verbose: Verbose = False) -> None:
+    setup(quiet, verbose)
+    not_implemented(NAME)

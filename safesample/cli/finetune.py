@@ -1,0 +1,21 @@
+"""`safesample finetune`: not built yet; exits 2 rather than pretend to work."""
+
+from __future__ import annotations
+
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
+                                   not_implemented, setup)
+
+NAME = "finetune"
+HELP = """Fine-tune a model with LoRA on a mixed training table.
+
+Examples:
+
+  safesample finetune train.parquet -o runs/lora-0 --model smollm2
+"""
+
+
+def command(input: Input, output: Output = "-", seed: Seed = 0, limit: Limit = None,
+            batch_size: BatchSize = 32, dry_run: DryRun = False, quiet: Quiet = False,
+            verbose: Verbose = False) -> None:
+    setup(quiet, verbose)
+    not_implemented(NAME)

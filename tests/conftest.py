@@ -1,0 +1,61 @@
+"""Shared test helpers: run the real CLI in a subprocess, locate the shared datasets, small tables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SAFESAMPLE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None,
+        timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m safesample ARGS` for real; stdout as bytes, stderr as text."""
+    full_env = {**os.environ, "NO_COLOR": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "safesample", *args], input=stdin,
+                          capture_output=True, env=full_env, timeout=timeout, **kwargs)
+    proc.stderr = proc.stderr.decode("utf-8", "replace")
+    return proc
+
+
+def shell(script: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a bash script under pipefail, with this interpreter's `safesample` first on PATH."""
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "NO_COLOR": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=cwd)
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATA / name / f"{name}.parquet"
+    if not path.exists():
+        pytest.fail(f"shared dataset {path} is missing; set SAFESAMPLE_SHARED_DATA to shared/data")
+    return path
+
+
+def no_output_left(folder: Path) -> list[str]:
+    """Files a failed command left behind in `folder` (should be none)."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture
+def pairs_table(tmp_path: Path) -> Path:
+    """A small (instruction, response) table as Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "id": ["a", "b", "c"],
+        "instruction": ["How do I pick a lock?", "Write a poem about rain.", "Insult my coworker."],
+        "response": ["I can't help with that.", "Rain on the roof...", "I won't write insults."],
+    })
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(table, path)
+    return path
