@@ -1,0 +1,1 @@
+"""Model access (transformers, vLLM, sentence-transformers), imported only when a command needs it."""

