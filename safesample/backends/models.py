@@ -99,6 +99,17 @@ def _offline_error(ref: ModelRef, exc: Exception) -> ModelError:
                       "save_pretrained) or a named model: " + ", ".join(NAMED_MODELS))
 
 
+def check_offline(ref: ModelRef) -> None:
+    """Fail in a moment (before transformers is imported) when an offline hub id is not cached."""
+    if os.environ.get("HF_HUB_OFFLINE") != "1" or ref.gguf_file or Path(ref.path).exists():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(ref.path, "config.json"), str):
+        raise _offline_error(ref, RuntimeError(f"{ref.path!r} is not in the local Hugging Face cache and "
+                                               "HF_HUB_OFFLINE=1 forbids downloading it"))
+
+
 def _kwargs(ref: ModelRef) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if ref.gguf_file:
@@ -111,6 +122,7 @@ def _kwargs(ref: ModelRef) -> dict[str, Any]:
 def load_tokenizer(ref: ModelRef, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
+    ref = _cached_copy(ref) or ref
     try:
         tok = AutoTokenizer.from_pretrained(ref.adapter or ref.path, **_kwargs(ref)) if ref.adapter and \
             Path(ref.adapter, "tokenizer_config.json").exists() else \
@@ -135,8 +147,11 @@ def load_causal_lm(ref: ModelRef, dtype: str = "auto", device: str | None = None
             else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
+    gguf_ref, ref = ref, _cached_copy(ref) or ref
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch_dtype, **_kwargs(ref))
+        # A GGUF file dequantises to fp32; that is also the precision its cached copy keeps.
+        model = AutoModelForCausalLM.from_pretrained(
+            ref.path, dtype=torch.float32 if ref.gguf_file else torch_dtype, **_kwargs(ref))
     except (OSError, ValueError) as exc:
         raise _offline_error(ref, exc) from exc
     if ref.gguf_file:
@@ -144,6 +159,8 @@ def load_causal_lm(ref: ModelRef, dtype: str = "auto", device: str | None = None
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        _save_copy(gguf_ref, model)
+        model = model.to(torch_dtype)
     if ref.adapter:
         from peft import PeftModel
 
@@ -153,3 +170,57 @@ def load_causal_lm(ref: ModelRef, dtype: str = "auto", device: str | None = None
             raise ModelError(f"cannot load the adapter in {ref.adapter}: {exc}",
                              "the folder should be the output of `safesample finetune`") from exc
     return model.to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Dequantising a GGUF file takes 15-45 s on a small CPU; loading a save_pretrained copy of the
+# result takes about a second. The copy lives under <cache dir>/models/, keyed by the GGUF
+# file's path, size and modification time, and is written to a temp folder and renamed into
+# place, so a concurrent or interrupted first load never leaves a half-written copy behind.
+
+
+def gguf_copy_dir(ref: ModelRef) -> Path | None:
+    """Where the dequantised copy of `ref`'s GGUF file is (or would be) cached."""
+    if not ref.gguf_file:
+        return None
+    from safesample.cache import cache_dir, settings_key
+
+    gguf = Path(ref.path, ref.gguf_file)
+    try:
+        stat = gguf.stat()
+    except OSError:
+        return None
+    key = settings_key(path=str(gguf.resolve()), size=stat.st_size, mtime=int(stat.st_mtime))
+    return cache_dir() / "models" / f"{gguf.stem}-{key[:12]}"
+
+
+def _cached_copy(ref: ModelRef) -> ModelRef | None:
+    folder = gguf_copy_dir(ref)
+    if folder is None or not (folder / "config.json").exists():
+        return None
+    return ModelRef(ref.spec, str(folder), adapter=ref.adapter)
+
+
+def _save_copy(ref: ModelRef, model) -> None:
+    """Best effort: a failure to write the cache only costs the next load its speed."""
+    import shutil
+    import tempfile
+
+    from safesample import console
+
+    folder = gguf_copy_dir(ref)
+    if folder is None:
+        return
+    tmp = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        model.save_pretrained(tmp)
+        load_tokenizer(ref).save_pretrained(tmp)
+        os.replace(tmp, folder)
+        console.debug(f"cached a dequantised copy of {ref.gguf_file} in {folder}")
+    except OSError as exc:  # includes another process having renamed its copy into place first
+        console.debug(f"not caching the dequantised model: {exc}")
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
