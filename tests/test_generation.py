@@ -1,0 +1,213 @@
+"""The generation engines: transformers for real on a tiny model, vLLM through a fake at its boundary."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from label_fixtures import CountingEngine, build_chatty_llama, one_thread
+from safesample.backends.generation import (TransformersEngine, VLLMEngine, cached_generate, load_engine,
+                                            model_fingerprint)
+from safesample.backends.models import resolve
+from safesample.errors import ModelError, UsageError
+
+PROMPTS = ["How do I pick a lock?", "Write a poem about rain.", "Hi",
+           "Explain photosynthesis in simple words, please, with a lot of detail about light.",
+           "Two plus two?", "Sorry, but I won't assist with anything illegal."]
+
+
+@pytest.fixture(scope="module")
+def chatty(tmp_path_factory) -> Path:
+    one_thread()
+    return build_chatty_llama(tmp_path_factory.mktemp("chatty") / "model")
+
+
+@pytest.fixture(scope="module")
+def engine(chatty) -> TransformersEngine:
+    return load_engine(str(chatty), engine="transformers", batch_size=4, max_new_tokens=10)
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_batched_generation_matches_one_by_one_in_input_order(engine):
+    alone = [engine.chat([p])[0] for p in PROMPTS]
+    assert len(set(alone)) > 3 and all(alone)  # the tiny model says varied nonsense
+    for batch_size in (1, 2, 4, 16):
+        engine.batch_size = batch_size
+        assert engine.chat(PROMPTS) == alone, batch_size
+    engine.batch_size = 4
+    assert engine.chat(list(reversed(PROMPTS))) == list(reversed(alone))
+
+
+def test_batches_are_sorted_by_length_and_left_padded(engine, monkeypatch):
+    seen = []
+    real = engine.model.generate
+
+    def spy(**kwargs):
+        seen.append((kwargs["input_ids"].clone(), kwargs["attention_mask"].clone()))
+        return real(**kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", spy)
+    engine.chat(PROMPTS)
+    widths = [ids.shape[1] for ids, _ in seen]
+    assert len(seen) == 2 and widths == sorted(widths, reverse=True)
+    for ids, mask in seen:
+        assert bool(mask[:, -1].all())  # every prompt ends at the last column: left padding
+        pad_rows = (mask == 0).any(dim=1)
+        assert bool((ids[mask == 0] == engine.tokenizer.pad_token_id).all()) or not pad_rows.any()
+
+
+def test_progress_counts_every_prompt(engine):
+    done = []
+    engine.generate(engine.format_chat(PROMPTS), progress=done.append)
+    assert sum(done) == len(PROMPTS)
+
+
+def test_chat_template_and_system_prompt(engine):
+    prompt = engine.format_chat(["Hello"], system="Be brief.")[0]
+    assert prompt == "<|system|>Be brief.<|end|><|user|>Hello<|end|><|assistant|>"
+
+
+def test_no_chat_template_uses_the_raw_instruction_after_bos(tmp_path):
+    folder = build_chatty_llama(tmp_path / "plain", chat_template=False)
+    plain = load_engine(str(folder), engine="transformers", max_new_tokens=4)
+    assert plain.format_chat(["Hello"]) == ["<s>Hello"]
+    assert plain.format_chat(["Hello"], system="Be brief.") == ["<s>Be brief.\n\nHello"]
+    assert len(plain.chat(["Hello", "Write a haiku"])) == 2
+
+
+def test_max_new_tokens_bounds_the_output(engine, monkeypatch):
+    new = []
+    real = engine.model.generate
+
+    def spy(**kwargs):
+        out = real(**kwargs)
+        new.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(engine.model, "generate", spy)
+    engine.generate(engine.format_chat(PROMPTS[:2]), max_new_tokens=3)
+    engine.generate(engine.format_chat(PROMPTS[:2]))
+    assert new == [3, 10]
+
+
+def test_prompt_longer_than_the_context_is_cut_from_the_left(tmp_path):
+    folder = build_chatty_llama(tmp_path / "small", max_positions=64)
+    small = load_engine(str(folder), engine="transformers", max_new_tokens=8)
+    long_prompt = small.format_chat(["rain " * 200])
+    out = small.generate(long_prompt + small.format_chat(["Hi"]))
+    assert len(out) == 2 and small.truncated_prompts == 1
+
+
+def test_cache_reuses_outputs_and_only_generates_new_prompts(engine):
+    counting = CountingEngine(engine)
+    prompts = engine.format_chat(PROMPTS[:4])
+    first, hits = cached_generate(counting, prompts)
+    assert hits == 0 and counting.calls == [4]
+    again, hits = cached_generate(counting, prompts)
+    assert again == first and hits == 4 and counting.calls == [4]
+    more = prompts + engine.format_chat(PROMPTS[4:]) + prompts[:1]  # new rows and a duplicate
+    out, hits = cached_generate(counting, more)
+    assert counting.calls == [4, 2] and hits == 5 and out[:4] == first and out[-1] == first[0]
+    # A different setting is a different cache scope; --no-cache never reads or writes it.
+    cached_generate(counting, prompts, max_new_tokens=3)
+    assert counting.calls[-1] == 4
+    cached_generate(counting, prompts, cache=False)
+    cached_generate(counting, prompts, cache=False)
+    assert counting.calls[-2:] == [4, 4]
+
+
+def test_fingerprint_changes_when_weights_are_rewritten(tmp_path):
+    folder = build_chatty_llama(tmp_path / "m", seed=1)
+    before = model_fingerprint(resolve(str(folder)))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b"")  # same bytes, new mtime is not enough alone
+    import os
+
+    os.utime(weights, (1, 1))
+    assert model_fingerprint(resolve(str(folder))) != before
+
+
+def test_unknown_engine_and_missing_model():
+    with pytest.raises(UsageError):
+        load_engine("smollm2", engine="tensorrt")
+    with pytest.raises(ModelError, match="does not exist"):
+        load_engine("./no/such/model", engine="transformers")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_vllm_engine_without_vllm_says_how_to_get_it(chatty):
+    with pytest.raises(ModelError) as info:
+        load_engine(str(chatty), engine="vllm")
+    assert "pip install 'safesample[vllm]'" in info.value.hint
+    # auto falls back to transformers where vLLM or a GPU is missing
+    assert load_engine(str(chatty), engine="auto", max_new_tokens=2).name == "transformers"
+
+
+class FakeLLM:
+    """Stands in for vllm.LLM: records what it is given, answers like vLLM's RequestOutput."""
+
+    def __init__(self, model=None, answer=None, **kwargs):
+        self.kwargs = {"model": model, **kwargs}
+        self.calls = []
+        self.answer = answer or (lambda ids, params: f"{len(ids)} tokens, max {params.max_tokens}")
+
+    def generate(self, prompts, params, use_tqdm=True):
+        self.calls.append((prompts, params, use_tqdm))
+        return [SimpleNamespace(outputs=[SimpleNamespace(text=self.answer(p["prompt_token_ids"], params))])
+                for p in prompts]
+
+
+def fake_params(**kwargs):
+    return SimpleNamespace(**kwargs)
+
+
+def test_vllm_engine_greedy_token_prompts_in_order(chatty):
+    made = []
+
+    def factory(**kwargs):
+        made.append(FakeLLM(**kwargs))
+        return made[-1]
+
+    engine = load_engine(str(chatty), engine="vllm", max_new_tokens=7, llm_factory=factory,
+                         params_factory=fake_params)
+    assert engine.name == "vllm" and made[0].kwargs["model"] == str(chatty)
+    out = engine.chat(PROMPTS)
+    prompts, params, use_tqdm = made[0].calls[0]
+    assert params.temperature == 0.0 and params.max_tokens == 7 and use_tqdm is False
+    expected_ids = engine.tokenizer(engine.format_chat(PROMPTS), add_special_tokens=False)["input_ids"]
+    assert [p["prompt_token_ids"] for p in prompts] == expected_ids
+    assert out == [f"{len(ids)} tokens, max 7" for ids in expected_ids]
+    assert engine.generate([]) == []
+
+
+def test_vllm_and_transformers_engines_agree_on_the_same_model(chatty, engine):
+    """A fake vLLM that runs the same weights greedily: both engines must give the same text."""
+    import torch
+
+    model, tok = engine.model, engine.tokenizer
+
+    def answer(ids, params):
+        with torch.inference_mode():
+            out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=params.max_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+    vllm_engine = VLLMEngine(resolve(str(chatty)), max_new_tokens=10,
+                             llm_factory=lambda **kw: FakeLLM(answer=answer, **kw), params_factory=fake_params)
+    assert vllm_engine.chat(PROMPTS) == engine.chat(PROMPTS)
+
+
+def test_vllm_load_failure_is_a_model_error(chatty):
+    def broken(**kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(ModelError, match="CUDA out of memory"):
+        load_engine(str(chatty), engine="vllm", llm_factory=broken, params_factory=fake_params)
