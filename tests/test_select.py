@@ -1,0 +1,552 @@
+"""`safesample select`: budgets, strategies, quotas, exclusions, the coverage report, bad input.
+
+Property tests run the stage logic on small random pools (random unit vectors as embeddings);
+CLI tests run `python -m safesample select` for real on the Do-Not-Answer pool from
+../shared/data, with its own harm categories (`category_coarse`), behaviors from its human
+response labels, and embeddings and clusters computed here (TF-IDF + SVD + k-means) so the test
+needs no embedding model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import cli, shared_dataset
+from safesample import select as sel
+from safesample.errors import DataError, ModelError, UsageError
+from safesample.tables import get_provenance, read_table
+
+STRATEGIES = list(sel.STRATEGIES)
+
+
+# ---- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def _vectors(matrix: np.ndarray) -> pa.Array:
+    matrix = np.asarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
+
+
+@pytest.fixture(scope="module")
+def real_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Do-Not-Answer with behavior, harmful_response, embedding, cluster, cluster_distance."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    table = pq.read_table(shared_dataset("do_not_answer"))
+    texts = table.column("instruction").to_pylist()
+    tfidf = TfidfVectorizer(sublinear_tf=True, min_df=2).fit_transform(texts)
+    emb = TruncatedSVD(48, random_state=0).fit_transform(tfidf).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    km = KMeans(12, n_init=1, random_state=0).fit(emb)
+    centres = km.cluster_centers_ / np.linalg.norm(km.cluster_centers_, axis=1, keepdims=True)
+    dist = 1 - np.einsum("ij,ij->i", emb, centres[km.labels_])
+    # The human labels of the dataset: refusal, or a safe non-refusing answer (an explanation).
+    behavior = ["refusal" if v == "refusal" else "explanation" for v in table.column("response_label").to_pylist()]
+    table = (table.append_column("behavior", pa.array(behavior))
+             .append_column("harmful_response", pa.array(table.column("response_harmful").to_numpy() == 1))
+             .append_column("cluster", pa.array(km.labels_.astype(np.int32)))
+             .append_column("cluster_distance", pa.array(dist.astype(np.float32)))
+             .append_column("embedding", _vectors(emb)))
+    path = tmp_path_factory.mktemp("pool") / "dna.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+def synthetic_pool(n: int, seed: int, dim: int = 8, categories: int = 4, clusters: int = 5,
+                   harmful_share: float = 0.15) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((n, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa"]
+    texts = [f"{words[rng.integers(len(words))]} request {rng.integers(n)}" for _ in range(n)]
+    return pa.table({
+        "id": [f"r{i}" for i in range(n)],
+        "instruction": texts,
+        "category": rng.choice([f"cat{k}" for k in range(categories)], n),
+        "behavior": rng.choice(["refusal", "explanation", "benign_compliance"], n),
+        "harmful_response": rng.random(n) < harmful_share,
+        "cluster": rng.integers(0, clusters, n).astype(np.int32),
+        "embedding": _vectors(emb),
+    })
+
+
+def _unit_rows(table: pa.Table) -> np.ndarray:
+    return sel.embedding_matrix(table)
+
+
+# ---- budget and behavior specs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, of, rows", [("100", None, 100), ("+7", None, 7), ("0.5%", 20_000, 100),
+                                            ("0.5%", 999, 5), ("1%", 150, 2), ("250%", 10, 25)])
+def test_budget_counts_and_shares(spec: str, of: int | None, rows: int):
+    assert sel.parse_budget(spec, of) == rows
+
+
+@pytest.mark.parametrize("spec, of", [("abc", None), ("0", None), ("-3", None), ("1.5", None), ("%", 100),
+                                      ("0.5%", None), ("100", 2000), ("0.001%", 100), ("nan%", 10)])
+def test_bad_budgets_are_usage_errors_with_hints(spec: str, of: int | None):
+    with pytest.raises(UsageError) as err:
+        sel.parse_budget(spec, of)
+    assert err.value.hint
+
+
+def test_behavior_specs():
+    assert sel.parse_behavior("refusal") == {"refusal": 1.0}
+    assert sel.parse_behavior("refusal,explanation") == {"refusal": 0.5, "explanation": 0.5}
+    assert sel.parse_behavior("refusal=0.7, explanation=0.3") == pytest.approx({"refusal": 0.7, "explanation": 0.3})
+    assert sel.parse_behavior("refusal=7,explanation=3") == pytest.approx({"refusal": 0.7, "explanation": 0.3})
+    assert sel.parse_behavior(None) is None
+    for bad in ["refusals", "refusal=0.7,explanation", "refusal=-1", "refusal=x", "refusal,refusal", "=0.5"]:
+        with pytest.raises(UsageError):
+            sel.parse_behavior(bad)
+
+
+# ---- quotas -----------------------------------------------------------------------------------
+
+
+@given(total=st.integers(0, 300), caps=st.lists(st.integers(0, 60), min_size=1, max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_allocate_is_exact_capped_and_fair(total: int, caps: list[int]):
+    alloc = sel.allocate(total, caps)
+    assert alloc.sum() == min(total, sum(caps))
+    assert (alloc <= np.array(caps)).all() and (alloc >= 0).all()
+    for i in range(len(caps)):
+        for j in range(len(caps)):
+            # a group gets two or more fewer than another only when it has nothing more to give
+            if alloc[i] < alloc[j] - 1:
+                assert alloc[i] == caps[i]
+
+
+@given(total=st.integers(1, 200), weights=st.lists(st.floats(0.05, 5), min_size=1, max_size=4))
+@settings(max_examples=100, deadline=None)
+def test_weighted_allocation_follows_the_weights_when_nothing_is_capped(total: int, weights: list[float]):
+    alloc = sel.allocate(total, [10_000] * len(weights), weights)
+    share = total * np.array(weights) / sum(weights)
+    assert alloc.sum() == total
+    assert (np.abs(alloc - share) < 1 + 1e-9).all()
+
+
+# ---- selection properties -------------------------------------------------------------------------
+
+
+pools = st.builds(lambda n, seed, k, c: synthetic_pool(n, seed, categories=k, clusters=c),
+                  st.integers(20, 120), st.integers(0, 10_000), st.integers(1, 5), st.integers(1, 8))
+behaviors = st.sampled_from([None, {"refusal": 1.0}, {"refusal": 0.7, "explanation": 0.3},
+                             {"refusal": 0.5, "explanation": 0.5}])
+
+
+def _candidates(table: pa.Table, behavior: dict[str, float] | None, strategy: str) -> np.ndarray:
+    keep = ~np.array(table.column("harmful_response").to_pylist(), dtype=bool)
+    allowed = behavior or ({"refusal": 1, "explanation": 1} if strategy == "diverse" else None)
+    if allowed:
+        keep &= np.isin(np.array(table.column("behavior").to_pylist()), list(allowed))
+    return np.flatnonzero(keep)
+
+
+@given(table=pools, strategy=st.sampled_from(STRATEGIES), behavior=behaviors, seed=st.integers(0, 99),
+       share=st.floats(0.05, 1.0))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_exact_budget_subset_and_same_seed_same_output(table, strategy, behavior, seed, share):
+    candidates = _candidates(table, behavior, strategy)
+    budget = max(1, int(len(candidates) * share))
+    if not len(candidates):
+        with pytest.raises(DataError):
+            sel.select(table, 1, strategy, behavior=behavior, dedup=None, seed=seed, random_draws=1)
+        return
+    result = sel.select(table, budget, strategy, behavior=behavior, dedup=None, seed=seed, random_draws=1)
+    out = result.table
+    assert out.num_rows == budget
+    ids = out.column("id").to_pylist()
+    assert len(set(ids)) == budget
+    assert set(ids) <= {table.column("id")[int(i)].as_py() for i in candidates}
+    assert out.column("select_rank").to_pylist() == list(range(1, budget + 1))
+    assert all(out.column("select_reason").to_pylist())
+    assert out.column_names == [*table.column_names, "select_reason", "select_rank"]
+    again = sel.select(table, budget, strategy, behavior=behavior, dedup=None, seed=seed, random_draws=1)
+    assert again.table.equals(out)
+
+
+@given(table=pools, strategy=st.sampled_from(["prototype", "similarity", "diverse"]), behavior=behaviors,
+       budget=st.integers(1, 60))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_quotas_follow_behavior_weights_and_spread_evenly_over_categories(table, strategy, behavior, budget):
+    candidates = _candidates(table, behavior, strategy)
+    budget = min(budget, len(candidates))
+    if budget < 1:
+        return
+    out = sel.select(table, budget, strategy, behavior=behavior, dedup=None, random_draws=0).table
+    beh = np.array(table.column("behavior").to_pylist())[candidates]
+    if behavior is None and strategy != "diverse":  # no behavior quotas: one group
+        beh = np.full(len(candidates), "any")
+        weights = {"any": 1.0}
+    else:
+        weights = behavior or {b: 1 / len(set(beh)) for b in set(beh)}
+    cat = np.array(table.column("category").to_pylist())[candidates]
+    got_beh = np.array(out.column("behavior").to_pylist()) if "any" not in weights else np.full(budget, "any")
+    got_cat = np.array(out.column("category").to_pylist())
+    available = {b: int((beh == b).sum()) for b in weights}
+    if all(available[b] >= budget for b in weights):  # nothing capped: the weights, to a row
+        for b, w in weights.items():
+            assert abs((got_beh == b).sum() - w * budget) < 1 + 1e-9
+    for b in weights:
+        counts = {c: int(((got_beh == b) & (got_cat == c)).sum()) for c in set(cat[beh == b])}
+        caps = {c: int(((beh == b) & (cat == c)).sum()) for c in counts}
+        for c1 in counts:
+            for c2 in counts:
+                if counts[c1] < counts[c2] - 1:  # only an exhausted category gets fewer
+                    assert counts[c1] == caps[c1]
+
+
+@given(table=pools, strategy=st.sampled_from(STRATEGIES), seed=st.integers(0, 99),
+       dedup=st.floats(0.3, 0.95), threshold=st.floats(0.3, 0.95), n_eval=st.integers(0, 6),
+       budget=st.integers(1, 40))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_no_excluded_row_is_ever_selected(table, strategy, seed, dedup, threshold, n_eval, budget):
+    rng = np.random.default_rng(seed)
+    emb = _unit_rows(table)
+    texts = table.column("instruction").to_pylist()
+    eval_texts = [texts[i].upper() + "?!" for i in rng.integers(0, len(texts), n_eval)]  # same key
+    eval_vecs = rng.standard_normal((3, emb.shape[1])).astype(np.float32)
+    eval_vecs /= np.linalg.norm(eval_vecs, axis=1, keepdims=True)
+    exclusions = sel.Exclusions(eval_texts, eval_vecs, threshold)
+    try:
+        out = sel.select(table, budget, strategy, dedup=dedup, exclusions=exclusions, seed=seed,
+                         random_draws=1).table
+    except DataError as exc:
+        assert "can supply only" in exc.message or "budget" in exc.message
+        return
+    rows = [int(i[1:]) for i in out.column("id").to_pylist()]
+    assert not any(table.column("harmful_response")[r].as_py() for r in rows)
+    picked = emb[rows]
+    sims = picked @ picked.T
+    np.fill_diagonal(sims, -1)
+    assert (sims < dedup).all(), "near duplicates selected"
+    assert ((picked @ eval_vecs.T) < threshold).all(), "a row too similar to an eval prompt"
+    keys = [sel.normalise(texts[r]) for r in rows]
+    assert len(set(keys)) == len(keys), "exact duplicates selected"
+    assert not set(keys) & {sel.normalise(t) for t in eval_texts}, "an eval prompt selected"
+
+
+def test_a_budget_the_pool_cannot_supply_is_an_error_not_a_short_output():
+    table = synthetic_pool(40, 1, harmful_share=0.0)
+    with pytest.raises(DataError, match="budget is 41 rows but the pool has only 40"):
+        sel.select(table, 41, "random")
+    eligible = len(_candidates(table, None, "diverse"))
+    with pytest.raises(DataError, match=f"can supply only {eligible} of the {eligible + 1}"):
+        sel.select(table, eligible + 1, "diverse", dedup=None)
+    assert sel.select(table, eligible, "diverse", dedup=None).table.num_rows == eligible
+
+
+def test_diverse_spreads_over_clusters_and_explains_each_pick():
+    table = synthetic_pool(400, 3, categories=2, clusters=10, harmful_share=0.0)
+    out = sel.select(table, 20, "diverse", behavior={"refusal": 1.0}).table
+    clusters = out.column("cluster").to_pylist()
+    assert len(set(clusters)) == 10  # 20 picks over 2 categories: every cluster before any repeats
+    reasons = out.column("select_reason").to_pylist()
+    assert re.fullmatch(r"category=cat\d, behavior=refusal, cluster \d of 10, nearest to centroid .*", reasons[0])
+    assert all("farthest from earlier picks (cosine distance" in r for r in reasons[1:])
+    assert set(out.column("behavior").to_pylist()) == {"refusal"}
+
+
+def test_similarity_uses_category_score_when_present():
+    table = synthetic_pool(60, 4, categories=2, harmful_share=0.0)
+    score = np.linspace(0, 1, 60)
+    table = table.append_column("category_score", pa.array(score))
+    out = sel.select(table, 6, "similarity", dedup=None).table
+    cat = np.array(table.column("category").to_pylist())
+    for c in ("cat0", "cat1"):
+        mine = [int(i[1:]) for i, k in zip(out.column("id").to_pylist(), out.column("category").to_pylist()) if k == c]
+        best = sorted(np.flatnonzero(cat == c), key=lambda i: -score[i])[:len(mine)]
+        assert sorted(mine) == sorted(best)
+    assert "category_score" in out.column("select_reason")[0].as_py()
+
+
+def test_prototype_picks_the_rows_closest_to_the_category_centroid():
+    table = synthetic_pool(80, 5, categories=1, harmful_share=0.0)
+    emb = _unit_rows(table)
+    centroid = emb.mean(axis=0)
+    centroid /= np.linalg.norm(centroid)
+    out = sel.select(table, 5, "prototype", dedup=None).table
+    assert [int(i[1:]) for i in out.column("id").to_pylist()] == list(np.argsort(-(emb @ centroid))[:5])
+
+
+def test_stratified_takes_k_per_category_smallest_first_then_fills():
+    table = pa.table({"id": [f"r{i}" for i in range(30)], "instruction": [f"t{i}" for i in range(30)],
+                      "category": ["a"] * 2 + ["b"] * 10 + ["c"] * 18})
+    out = sel.select(table, 12, "stratified", seed=3).table
+    cats = out.column("category").to_pylist()
+    assert cats.count("a") == 2  # k = 12 // 3 = 4, but a has only 2; the fill is random
+    assert cats.count("b") >= 4 and cats.count("c") >= 4
+    assert cats[:2] == ["a", "a"]  # smallest category first
+    assert sum("random fill" in r for r in out.column("select_reason").to_pylist()) == 2
+
+
+def test_missing_columns_degrade_with_warnings():
+    warnings: list[str] = []
+    table = synthetic_pool(60, 6).drop_columns(["category", "behavior", "cluster", "harmful_response"])
+    out = sel.select(table, 10, "diverse", warn=warnings.append).table
+    assert out.num_rows == 10
+    text = " ".join(warnings)
+    assert "no behavior labels" in text and "no harm categories" in text and "harmful_response" in text
+    assert all("farthest from earlier picks" in r for r in out.column("select_reason").to_pylist()[1:])
+    with pytest.raises(DataError, match="behavior") as err:
+        sel.select(table, 10, "diverse", behavior={"refusal": 1.0})
+    assert "safesample label" in err.value.hint
+    with pytest.raises(DataError, match="embedding") as err:
+        sel.select(table.drop_columns(["embedding"]), 10, "prototype")
+    assert "safesample embed" in err.value.hint
+    assert sel.select(table.drop_columns(["embedding"]), 10, "random").table.num_rows == 10
+
+
+def test_exclusions_embed_prompts_with_the_injected_encoder_and_check_dimensions():
+    pool = synthetic_pool(50, 7, harmful_share=0.0)
+    emb = _unit_rows(pool)
+    calls: list[list[str]] = []
+
+    def factory():
+        def encode(texts: list[str]) -> np.ndarray:
+            calls.append(texts)
+            return emb[: len(texts)] * 3  # not unit length: must be normalised
+        return encode
+
+    evals = pa.table({"prompt": ["first", None, "second"]})
+    exclusions = sel.exclusions_from_tables([("eval.parquet", evals)], 0.9, True, factory)
+    assert calls == [["first", "second"]]
+    assert np.allclose(np.linalg.norm(exclusions.embeddings, axis=1), 1)
+    out = sel.select(pool, 20, "random", exclusions=exclusions).table
+    assert not {"r0", "r1"} & set(out.column("id").to_pylist())
+    with pytest.raises(ModelError) as err:
+        sel.exclusions_from_tables([("eval.parquet", evals)], 0.9, True, None)
+    assert "safesample embed" in err.value.hint
+    wrong = pa.table({"prompt": ["x"], "embedding": _vectors(np.ones((1, 3)))})
+    with pytest.raises(DataError, match="dimensions"):
+        sel.select(pool, 5, "random", exclusions=sel.exclusions_from_tables([("w", wrong)], 0.9, True, None))
+    with pytest.raises(DataError, match="neither a 'prompt' nor an 'instruction'"):
+        sel.exclusions_from_tables([("w", pa.table({"text": ["x"]}))], 0.9, True, None)
+
+
+def test_pool_embedding_model_comes_from_the_embed_stage_provenance():
+    history = [{"command": "label", "models": {"judge": "x"}},
+               {"command": "embed", "models": {"embedding": "all-MiniLM-L6-v2"}, "args": {"backend": "onnx"}},
+               {"command": "cluster", "models": {}}]
+    assert sel.pool_embedding_model(history) == ("all-MiniLM-L6-v2", "onnx")
+    assert sel.pool_embedding_model([]) == (None, None)
+
+
+def test_embeddings_from_several_chunks_and_variable_lists_are_gathered_right():
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((30, 4)).astype(np.float32)
+    chunks = [pa.array(emb[:10].tolist(), pa.list_(pa.float32())), pa.array(emb[10:].tolist(), pa.list_(pa.float32()))]
+    table = pa.table({"embedding": pa.chunked_array(chunks)})
+    rows = np.array([29, 3, 10, 9, 11])
+    got = sel.Vectors(table, positions=rows)[0:5]
+    want = emb[rows] / np.linalg.norm(emb[rows], axis=1, keepdims=True)
+    assert np.allclose(got, want, atol=1e-6)
+    assert np.allclose(sel.Vectors(table)[12], emb[12] / np.linalg.norm(emb[12]), atol=1e-6)
+    ragged = pa.table({"embedding": pa.array([[1.0, 0.0], [1.0, 0.0, 0.0]])})
+    with pytest.raises(DataError, match="mixed dimensions"):
+        sel.Vectors(ragged)
+    nan = pa.table({"embedding": pa.array([[np.nan, 1.0]])})
+    with pytest.raises(DataError, match="NaN"):
+        sel.embedding_matrix(nan)
+
+
+# ---- the CLI on the real pool -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cli_every_strategy_on_the_real_pool(real_pool: Path, tmp_path: Path, strategy: str):
+    out = tmp_path / "picked.parquet"
+    proc = cli("select", str(real_pool), "--budget", "24", "--strategy", strategy,
+               "--category-col", "category_coarse", "--seed", "3", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    picked, pool = read_table(str(out)), read_table(str(real_pool))
+    assert picked.num_rows == 24
+    assert picked.column_names == [*pool.column_names, "select_reason", "select_rank"]
+    assert picked.schema.field("embedding").type == pool.schema.field("embedding").type
+    assert set(picked.column("id").to_pylist()) <= set(pool.column("id").to_pylist())
+    entry = get_provenance(picked)[-1]
+    assert entry["command"] == "select" and entry["seed"] == 3
+    assert entry["args"]["strategy"] == strategy and entry["args"]["rows"] == 24
+    assert "coverage" in proc.stderr and "random (mean of 10)" in proc.stderr
+    if strategy != "random":
+        assert len(set(picked.column("category_coarse").to_pylist())) == 8
+
+
+def test_cli_coverage_report_on_the_real_pool_beats_random_draws(real_pool: Path, tmp_path: Path):
+    out, report = tmp_path / "picked.parquet", tmp_path / "sel.json"
+    proc = cli("select", str(real_pool), "--budget", "40", "--category-col", "category_coarse",
+               "--report", str(report), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(report.read_text())
+    sel_, rnd, avail = rep["selection"], rep["random"], rep["available"]
+    assert rep["strategy"] == "diverse" and rep["budget"] == 40 and rnd["draws"] == 10
+    assert avail == {"categories": 8, "behaviors": 2, "clusters": 12}
+    # The method's promise, measured against 10 random draws of the same budget:
+    assert sel_["categories"] == 8 and sel_["categories"] >= rnd["categories"]
+    assert sel_["behaviors"] == 2
+    assert sel_["clusters"] == 12 and sel_["clusters"] >= rnd["clusters"]
+    assert sel_["mean_pairwise_distance"] > rnd["mean_pairwise_distance"]
+    counts = rep["counts"]
+    assert sum(sum(v.values()) for v in counts.values()) == 40
+    assert sum(counts["refusal"].values()) == 20 and sum(counts["explanation"].values()) == 20
+    for row in ("categories covered", "behaviors covered", "clusters covered", "mean pairwise cosine distance"):
+        assert row in proc.stderr
+
+
+def test_cli_percentage_budget_of_the_benign_set(real_pool: Path, tmp_path: Path):
+    out = tmp_path / "picked.parquet"
+    benign = shared_dataset("alpaca_gpt4_demo")  # 999 rows: 0.5% -> 5
+    proc = cli("select", str(real_pool), "--budget", "0.5%", "--of", str(benign), "--strategy", "stratified",
+               "--category-col", "category_coarse", "-o", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert read_table(str(out)).num_rows == 5
+    assert proc.stderr == ""  # -q: no report, no warnings
+
+
+def test_cli_behavior_mix_and_harmful_rows(tmp_path: Path):
+    table = synthetic_pool(300, 11, harmful_share=0.3)
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(table, pool)
+    out = tmp_path / "picked.parquet"
+    proc = cli("select", str(pool), "--budget", "30", "--behavior", "refusal=0.7,explanation=0.3",
+               "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    picked = read_table(str(out))
+    beh = picked.column("behavior").to_pylist()
+    assert beh.count("refusal") == 21 and beh.count("explanation") == 9
+    assert not any(picked.column("harmful_response").to_pylist())
+    assert "excluded: harmful response" in proc.stderr
+
+
+def test_cli_decontamination_by_text_and_by_embedding(tmp_path: Path):
+    table = synthetic_pool(40, 12, harmful_share=0.0).drop_columns(["behavior"])
+    table = table.set_column(1, "instruction", pa.array([f"Prompt number {i}" for i in range(40)]))
+    pool, out = tmp_path / "pool.parquet", tmp_path / "picked.parquet"
+    pq.write_table(table, pool)
+    emb = _unit_rows(table)
+    # 3 prompts equal to pool rows up to case and punctuation (their vectors point away), and
+    # 2 prompts with other words whose vectors nearly equal two pool rows'
+    by_text = pa.table({"prompt": [f"  PROMPT number {i}!!" for i in (0, 1, 2)],
+                        "embedding": _vectors(-emb[[0, 1, 2]])})
+    near = emb[[5, 6]] + 0.01
+    by_vec = pa.table({"instruction": ["something else", "and another"], "embedding": _vectors(near)})
+    pq.write_table(by_text, tmp_path / "eval1.parquet")
+    pq.write_table(by_vec, tmp_path / "eval2.parquet")
+    vecs = np.concatenate([-emb[[0, 1, 2]], near / np.linalg.norm(near, axis=1, keepdims=True)])
+    excluded = {0, 1, 2} | set(np.flatnonzero((emb @ vecs.T).max(axis=1) >= 0.9).tolist())
+    assert {5, 6} <= excluded
+    supply = 40 - len(excluded)
+    args = ["select", str(pool), "--strategy", "random", "--exclude", str(tmp_path / "eval1.parquet"),
+            "--exclude", str(tmp_path / "eval2.parquet"), "--dedup", "0.9999"]
+    proc = cli(*args, "--budget", str(supply), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    picked = {int(i[1:]) for i in read_table(str(out)).column("id").to_pylist()}
+    assert not picked & excluded and len(picked) == supply
+    out.unlink()
+    proc = cli(*args, "--budget", str(supply + 1), "-o", str(out))
+    assert proc.returncode == 1 and f"can supply only {supply} of the {supply + 1}" in proc.stderr
+    assert "eval exact: 3" in proc.stderr
+    assert "hint:" in proc.stderr and not out.exists()
+
+
+def test_cli_exclude_without_embeddings_needs_the_pool_model(real_pool: Path, tmp_path: Path):
+    # The test pool's provenance names no embedding model, so prompts cannot be embedded alike.
+    out = tmp_path / "picked.parquet"
+    proc = cli("select", str(real_pool), "--budget", "10", "--exclude", str(shared_dataset("harmbench")),
+               "-o", str(out))
+    assert proc.returncode == 1
+    assert "error: " in proc.stderr and "hint: " in proc.stderr and "safesample embed" in proc.stderr
+    assert not out.exists()
+
+
+def test_cli_same_seed_same_output_and_seed_matters(real_pool: Path, tmp_path: Path):
+    def run(seed: int, name: str) -> list[str]:
+        out = tmp_path / name
+        proc = cli("select", str(real_pool), "--budget", "15", "--strategy", "random", "--seed", str(seed),
+                   "-o", str(out), "-q")
+        assert proc.returncode == 0, proc.stderr
+        return read_table(str(out)).column("id").to_pylist()
+
+    assert run(1, "a.parquet") == run(1, "b.parquet")
+    assert run(1, "a.parquet") != run(2, "c.parquet")
+
+
+def test_cli_dry_run_prints_the_plan_and_writes_nothing(real_pool: Path, tmp_path: Path):
+    proc = cli("select", str(real_pool), "--budget", "40", "--category-col", "category_coarse", "--dry-run",
+               "-o", str(tmp_path / "picked.parquet"), "--report", str(tmp_path / "sel.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "plan: select 40 of 916 rows with --strategy diverse" in proc.stderr
+    assert "quota refusal: 20" in proc.stderr and "quota explanation: 20" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_select_into_a_pipe(real_pool: Path, tmp_path: Path):
+    proc = cli("select", str(real_pool), "--budget", "7", "-o", "-", "-q")
+    assert proc.returncode == 0, proc.stderr
+    table = pa.ipc.open_stream(proc.stdout).read_all()
+    assert table.num_rows == 7 and get_provenance(table)[-1]["command"] == "select"
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+
+def _fails(args: list[str], code: int, *needles: str, folder: Path) -> None:
+    proc = cli(*args)
+    assert proc.returncode == code, (args, proc.returncode, proc.stderr)
+    assert proc.stderr.startswith("error: ") or "\nerror: " in proc.stderr, proc.stderr
+    assert "hint: " in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr)
+    assert not [p for p in folder.iterdir() if p.name.startswith(("out", ".out"))], "output left behind"
+
+
+def test_bad_input_each_with_error_hint_exit_code_and_no_output(real_pool: Path, tmp_path: Path):
+    out = str(tmp_path / "out.parquet")
+    empty, truncated = tmp_path / "empty.parquet", tmp_path / "truncated.parquet"
+    empty.write_bytes(b"")
+    truncated.write_bytes(real_pool.read_bytes()[: 5000])
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pq.read_table(real_pool).drop_columns(["embedding", "behavior"]), plain)
+    pool = str(real_pool)
+    cases = [
+        (["select", str(tmp_path / "missing.parquet"), "--budget", "5", "-o", out], 2, "does not exist"),
+        (["select", str(empty), "--budget", "5", "-o", out], 1, "is empty"),
+        (["select", str(truncated), "--budget", "5", "-o", out], 1, "truncated or corrupt"),
+        (["select", str(plain), "--budget", "5", "-o", out], 1, "'embedding'", "safesample embed"),
+        (["select", str(plain), "--budget", "5", "--strategy", "random", "--behavior", "refusal", "-o", out],
+         1, "'behavior'", "safesample label"),
+        (["select", pool, "--budget", "5000", "-o", out], 1, "budget is 5000 rows but the pool has only 916"),
+        (["select", pool, "--budget", "1000", "--of", pool, "-o", out], 2, "--of only applies"),
+        (["select", pool, "--budget", "five", "-o", out], 2, "bad --budget 'five'"),
+        (["select", pool, "--budget", "0.5%", "-o", out], 2, "no --of was given"),
+        (["select", pool, "--budget", "5", "--behavior", "refusal=0.7,nonsense=0.3", "-o", out], 2,
+         "unknown behavior 'nonsense'"),
+        (["select", pool, "--budget", "5", "--strategy", "best", "-o", out], 2, "'best'"),
+        (["select", pool, "-o", out], 2, "--budget"),
+        (["select", pool, "--budget", "5", "--dedup", "1.5", "-o", out], 2, "--dedup 1.5"),
+        (["select", pool, "--budget", "5", "-o", str(tmp_path / "nowhere" / "out.parquet")], 2, "does not exist"),
+        (["select", pool, "--budget", "5", "--category-col", "cluster", "-o", out], 1, "must be strings"),
+    ]
+    # Real subprocesses, a few at a time: each one spends most of its time starting Python.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool_:
+        list(pool_.map(lambda case: _fails(case[0], case[1], *case[2:], folder=tmp_path), cases))
