@@ -1,0 +1,241 @@
+"""Mix the picked safety rows into the benign fine-tuning set, in the formats trainers read.
+
+The union keeps every row of every input exactly once, marks each with `source` (`benign` or
+`safety`), shuffles with a seed, and writes Alpaca columns (`instruction`, `input`, `output`)
+and/or a chat `messages` column (a list of {role, content}); `-o train.jsonl` exports JSON Lines
+for TRL, axolotl or LLaMA-Factory.
+
+Column names are mapped before the union: by default `response` -> `output` and `prompt` ->
+`instruction` (when the target is absent); `--map old=new` adds or overrides mappings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from safesample.errors import CheckFailed, DataError, UsageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+BENIGN, SAFETY = "benign", "safety"
+DEFAULT_MAP = {"response": "output", "prompt": "instruction"}
+FORMATS = ("both", "alpaca", "chat")
+ALPACA_COLUMNS = ("instruction", "input", "output")
+# What --slim keeps besides the format's own columns.
+SLIM_KEEP = ("id", "source")
+
+
+@dataclass
+class Part:
+    """One input table and its role in the mixture."""
+
+    name: str  # the path as the user wrote it (for messages)
+    role: str  # benign | safety
+    table: "pa.Table"
+
+
+def parse_maps(specs: Sequence[str] | None) -> dict[str, str]:
+    """`--map answer=output --map question=instruction` (or comma-separated) -> {old: new}."""
+    mapping: dict[str, str] = {}
+    for spec in specs or []:
+        for item in spec.split(","):
+            old, sep, new = (s.strip() for s in item.partition("="))
+            if not sep or not old or not new:
+                raise UsageError(f"bad --map {item.strip()!r}: expected OLD=NEW",
+                                 "e.g. --map answer=output --map question=instruction")
+            if old in mapping and mapping[old] != new:
+                raise UsageError(f"--map maps {old!r} twice ({mapping[old]!r} and {new!r})",
+                                 "give each column one new name")
+            mapping[old] = new
+    targets = list(mapping.values())
+    if len(set(targets)) != len(targets):
+        raise UsageError("--map gives two columns the same new name", "map each column to its own name")
+    return mapping
+
+
+def parse_ratio(spec: str) -> float:
+    """`0.5%` or `0.005`: safety rows per benign row."""
+    text = spec.strip()
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"bad --ratio {spec!r}: expected a positive share such as 0.5% or 0.005",
+                         "the ratio is safety rows per benign row (the paper: 100 on 20,000 = 0.5%)")
+    return value
+
+
+def _rename(part: Part, mapping: dict[str, str], explicit: bool) -> "pa.Table":
+    table = part.table
+    names = list(table.column_names)
+    for old, new in mapping.items():
+        if old not in names or old == new:
+            continue
+        if new in names:
+            if explicit:
+                raise DataError(f"--map {old}={new}: {part.name!r} already has a column {new!r}",
+                                f"map it away first, e.g. --map {new}={new}_orig")
+            continue  # a default mapping never overwrites a column the table has
+        names[names.index(old)] = new
+    return table.rename_columns(names)
+
+
+def _prepare(part: Part, mapping: dict[str, str], chat: bool) -> "pa.Table":
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from safesample.schema import kind_of
+
+    table = _rename(part, mapping, explicit=True)
+    table = _rename(Part(part.name, part.role, table), DEFAULT_MAP, explicit=False)
+    for name, alternatives in (("instruction", "prompt"), ("output", "response")):
+        if name not in table.column_names:
+            raise DataError(f"{part.role} input {part.name!r} has no {name!r} column (nor {alternatives!r}); "
+                            f"found: {', '.join(table.column_names) or 'no columns'}",
+                            f"map the column that holds it: --map COLUMN={name}")
+    for name in ALPACA_COLUMNS:
+        if name in table.column_names and kind_of(table.schema.field(name).type) not in ("string", "null"):
+            raise DataError(f"column {name!r} of {part.name!r} has type {table.schema.field(name).type}, "
+                            "not text", f"map a text column to {name!r} with --map")
+    for name in ("instruction", "output"):
+        col = table.column(name)
+        empty = col.null_count + pc.sum(pc.equal(pc.utf8_length(pc.fill_null(col.cast(pa.string()), "x")), 0)).as_py()
+        if empty:
+            raise DataError(f"{empty} rows of {part.name!r} have an empty {name!r}",
+                            "drop them first, or map another column with --map")
+    strings = {name: table.column(name).cast(pa.string()) for name in ALPACA_COLUMNS if name in table.column_names}
+    for name, col in strings.items():
+        table = table.set_column(table.column_names.index(name), name, col)
+    if "input" in table.column_names:
+        table = table.set_column(table.column_names.index("input"), "input",
+                                 pc.fill_null(table.column("input"), ""))
+    else:
+        table = table.add_column(table.column_names.index("instruction") + 1, "input",
+                                 pa.array([""] * table.num_rows, pa.string()))
+    if chat and "messages" in table.column_names:
+        raise DataError(f"{part.name!r} already has a 'messages' column",
+                        "write --format alpaca, or rename it: --map messages=messages_orig")
+    if "source" in table.column_names:
+        values = set(pc.unique(table.column("source")).to_pylist())
+        if not values <= {BENIGN, SAFETY}:
+            # The shared datasets name their origin in `source`: keep it under another name.
+            if "origin" in table.column_names:
+                raise DataError(f"{part.name!r} has both 'source' and 'origin' columns",
+                                "rename one: --map source=dataset")
+            table = table.rename_columns(["origin" if n == "source" else n for n in table.column_names])
+    if "source" not in table.column_names:
+        table = table.append_column("source", pa.array([part.role] * table.num_rows, pa.string()))
+    return table
+
+
+def _check_ids(parts: Sequence[Part], tables: Sequence["pa.Table"]) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    seen: dict[str, str] = {}
+    for part, table in zip(parts, tables):
+        ids = table.column("id").cast(pa.string())
+        counts = pc.value_counts(ids)
+        repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+        if len(repeated):
+            raise DataError(f"{part.name!r} repeats ids (e.g. {repeated[0].as_py()!r}, {len(repeated)} in all)",
+                            "ids must be unique; drop the duplicate rows, or drop the 'id' column to "
+                            "get content-derived ids")
+        overlap = pc.filter(ids, pc.is_in(ids, value_set=pa.array(list(seen), pa.string()))) if seen else []
+        if len(overlap):
+            first = overlap[0].as_py()
+            raise DataError(f"{len(overlap)} ids of {part.name!r} are also in {seen[first]!r} "
+                            f"(e.g. {first!r}); mixing would train on those rows twice",
+                            "remove the shared rows from one input (e.g. the safety rows already "
+                            "mixed into the benign set), or give the inputs distinct ids")
+        seen.update(dict.fromkeys(ids.to_pylist(), part.name))
+
+
+def _messages(table: "pa.Table", system: str | None) -> "pa.Array":
+    """The chat column: [system], user (instruction + input), assistant (output)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    instruction = table.column("instruction").combine_chunks()
+    extra = table.column("input").combine_chunks()
+    user = pc.if_else(pc.equal(extra, ""), instruction,
+                      pc.binary_join_element_wise(instruction, extra, "\n\n"))
+    turns = [("user", user), ("assistant", table.column("output").combine_chunks())]
+    if system:
+        turns.insert(0, ("system", pa.array([system] * n, pa.string())))
+    k = len(turns)
+    contents = pa.concat_arrays([t.cast(pa.string()) for _, t in turns])
+    roles = pa.concat_arrays([pa.array([r] * n, pa.string()) for r, _ in turns])
+    order = pa.array((np.arange(k)[None, :] * n + np.arange(n)[:, None]).ravel())  # row-major turns
+    values = pa.StructArray.from_arrays([roles.take(order), contents.take(order)], names=["role", "content"])
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), values)
+
+
+def mix(parts: Sequence[Part], *, mapping: dict[str, str] | None = None, seed: int = 0,
+        shuffle: bool = True, fmt: str = "both", system: str | None = None, slim: bool = False,
+        ratio: float | None = None, safety_budget: int | None = None) -> "pa.Table":
+    """The union of `parts` (one benign, then safety tables), mapped, checked and shuffled."""
+    import pyarrow as pa
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}", "choose one of: " + ", ".join(FORMATS))
+    if not any(p.role == BENIGN for p in parts) or not any(p.role == SAFETY for p in parts):
+        raise UsageError("mix needs a benign table and at least one safety table",
+                         "safesample mix BENIGN.parquet SAFETY.parquet [MORE.parquet ...] -o train.parquet")
+    mapping = dict(mapping or {})
+    unused = [old for old in mapping if not any(old in p.table.column_names for p in parts)]
+    if unused:
+        raise UsageError(f"--map names a column no input has: {', '.join(unused)}",
+                         "check the column names (e.g. with a dry run: --dry-run -v)")
+    chat = fmt in ("both", "chat")
+    tables = [_prepare(p, mapping, chat) for p in parts]
+    _check_ids(parts, tables)
+    counts = mix_counts(tables)
+    check(counts, ratio, safety_budget)
+    try:
+        table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataError(f"the inputs' columns do not fit together: {str(exc).splitlines()[0][:200]}",
+                        "a column has different types in different inputs; rename it in one with "
+                        "--map OLD=NEW") from exc
+    if shuffle:
+        table = table.take(pa.array(np.random.default_rng(seed).permutation(table.num_rows)))
+    if chat:
+        table = table.append_column("messages", _messages(table, system))
+    if slim:
+        keep = [*SLIM_KEEP, *(ALPACA_COLUMNS if fmt in ("both", "alpaca") else ()),
+                *(("messages",) if chat else ())]
+        table = table.select([c for c in keep if c in table.column_names])
+    return table
+
+
+def mix_counts(tables: Sequence["pa.Table"]) -> dict[str, int]:
+    import pyarrow.compute as pc
+
+    counts = {BENIGN: 0, SAFETY: 0}
+    for table in tables:
+        vc = pc.value_counts(table.column("source"))
+        for value, count in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
+            counts[value] = counts.get(value, 0) + count
+    return counts
+
+
+def check(counts: dict[str, int], ratio: float | None, safety_budget: int | None) -> None:
+    """The mixture checks a user asked for: a safety row count, or a safety-to-benign ratio."""
+    benign, safety = counts[BENIGN], counts[SAFETY]
+    if safety_budget is not None and safety != safety_budget:
+        raise CheckFailed(f"the mixture has {safety} safety rows, not the {safety_budget} of --safety-budget",
+                          f"select exactly that many: safesample select ... --budget {safety_budget}")
+    if ratio is not None:
+        expected = math.floor(ratio * benign + 0.5)  # rounded as `select --budget P% --of` rounds
+        if safety != expected:
+            raise CheckFailed(f"the mixture has {safety} safety rows on {benign} benign rows "
+                              f"({safety / max(benign, 1):.4%}); --ratio {ratio:.4%} needs {expected}",
+                              f"select with --budget {ratio * 100:g}% --of BENIGN so the counts agree")
