@@ -211,3 +211,30 @@ def test_vllm_load_failure_is_a_model_error(chatty):
 
     with pytest.raises(ModelError, match="CUDA out of memory"):
         load_engine(str(chatty), engine="vllm", llm_factory=broken, params_factory=fake_params)
+
+
+def test_label_stage_on_the_real_engine_reruns_from_the_cache(engine):
+    """The label stage end to end on the tiny model: a rerun, and a rerun after adding rows,
+    generate and judge only what is new (counted at the engine)."""
+    import pyarrow as pa
+
+    from safesample.label import LabelOptions, label_table
+
+    counting = CountingEngine(engine)
+    opts = LabelOptions(generate="tiny", judge="llm", model="tiny", max_new_tokens=10, batch_size=2)
+    table = pa.table({"instruction": PROMPTS[:3]})
+    first = label_table(table, opts, load_engine=lambda *a, **k: counting)
+    assert counting.calls == [3, 3]  # generate 3, judge 3
+    rows = first.table.to_pylist()
+    assert all(r["response"] for r in rows)
+    # the random model cannot follow the judge format: errors, never guessed labels
+    assert all(r["label_error"].startswith("judge output not parsed") for r in rows)
+    assert first.stats["generation_cache_hits"] == 0 and first.stats["judge_cache_hits"] == 0
+
+    again = label_table(table, opts, load_engine=lambda *a, **k: counting)
+    assert counting.calls == [3, 3] and again.table.equals(first.table)
+    assert again.stats["generation_cache_hits"] == 3 and again.stats["judge_cache_hits"] == 3
+
+    grown = label_table(pa.table({"instruction": PROMPTS[:5]}), opts, load_engine=lambda *a, **k: counting)
+    assert counting.calls == [3, 3, 2, 2]
+    assert grown.table.slice(0, 3).column("response").equals(first.table.column("response"))

@@ -1,21 +1,122 @@
-"""`safesample label`: not built yet; exits 2 rather than pretend to work."""
+"""`safesample label`: parse options, load, call the label stage, save."""
 
 from __future__ import annotations
 
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
-                                   not_implemented, setup)
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
+                                   save, setup)
+from safesample.errors import UsageError
 
 NAME = "label"
 HELP = """Label the behavior of each (instruction, response) pair: harmful request, refusal, harmful response.
 
+Adds harmful_request, refusal, harmful_response (true/false, null when undecidable), behavior
+(refusal, explanation, harmful_compliance, benign_compliance, over_refusal), refusal_style
+(full_refusal, partial_refusal, compliance), label_backend, label_error (why a row has no
+labels) and label_truncated. Input columns are kept; a relabel replaces the label columns.
+
+--judge rules (default) needs no model: refusal and refusal style come from a fast rule
+classifier; tell it whether requests are harmful with --harmful-col COL or --all-harmful, and
+vouch for harmless responses with --safe-responses. --judge wildguard (default model
+allenai/wildguard) and --judge llm (any instruct model, prompt in --prompt-file) answer all
+three questions with a guard model, through vLLM on a GPU or transformers elsewhere
+(--engine). --generate MODEL first writes the responses with that model, to label what it does.
+Model outputs are cached on disk (SAFESAMPLE_CACHE_DIR); --no-cache recomputes.
+
 Examples:
 
-  safesample label pool.parquet -o labeled.parquet
+\b
+  safesample label pool.parquet --all-harmful --safe-responses -o labeled.parquet
+  safesample label pool.parquet --harmful-col is_harmful -o labeled.parquet
+  safesample label pool.parquet --judge wildguard --model /models/wildguard -o labeled.parquet
+  safesample label eval.parquet --generate runs/lora-0 --all-harmful -o behavior.parquet
+  safesample label pool.parquet --judge llm --model smollm2 --limit 20 -o - | safesample embed - -o e.parquet
 """
 
 
-def command(input: Input, output: Output = "-", seed: Seed = 0, limit: Limit = None,
-            batch_size: BatchSize = 32, dry_run: DryRun = False, quiet: Quiet = False,
-            verbose: Verbose = False) -> None:
+def command(
+    input: Input,
+    output: Output = "-",
+    judge: Annotated[str, typer.Option("--judge", help="rules, wildguard or llm.")] = "rules",
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Judge model for --judge wildguard/llm: hub id, local folder, or 'smollm2'.",
+        show_default=False)] = None,
+    engine: Annotated[str, typer.Option("--engine", help="auto (vLLM when it and a GPU are there), "
+                                        "transformers or vllm.")] = "auto",
+    generate: Annotated[Optional[str], typer.Option(
+        "--generate", metavar="MODEL", help="Generate the responses with MODEL first (greedy; chat "
+        "template when the tokenizer has one).", show_default=False)] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt for --generate.",
+                                                  show_default=False)] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1,
+                                                help="Longest generated response, in tokens.")] = 256,
+    prompt_file: Annotated[Optional[Path], typer.Option(
+        "--prompt-file", help="Prompt template for --judge llm, with {instruction} and {response}.",
+        show_default=False)] = None,
+    harmful_col: Annotated[Optional[str], typer.Option(
+        "--harmful-col", metavar="COL", help="Column saying whether each request is harmful "
+        "(bool, 0/1 or yes/no).", show_default=False)] = None,
+    all_harmful: Annotated[bool, typer.Option("--all-harmful", help="Every request in the file is "
+                                              "harmful (a safety pool, a harmful eval set).")] = False,
+    safe_responses: Annotated[bool, typer.Option("--safe-responses", help="The responses are known "
+                                                 "to be harmless (a curated safety pool).")] = False,
+    max_response_chars: Annotated[int, typer.Option("--max-response-chars", min=1, help="Cut longer "
+                                                    "responses to this for a model judge.")] = 4000,
+    dtype: Annotated[str, typer.Option("--dtype", help="Model dtype: auto, float32, bfloat16, "
+                                       "float16.")] = "auto",
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the cache of "
+                                           "model outputs.")] = False,
+    seed: Seed = 0,
+    limit: Limit = None,
+    batch_size: BatchSize = 16,
+    dry_run: DryRun = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
     setup(quiet, verbose)
-    not_implemented(NAME)
+    from safesample import console
+    from safesample.label import LabelOptions, label_table, plan, summary, validate
+    from safesample.tables import check_output
+
+    if engine not in ("auto", "transformers", "vllm"):
+        raise UsageError(f"unknown engine {engine!r}", "use auto, transformers or vllm")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UsageError(f"unknown dtype {dtype!r}", "use auto, float32, bfloat16 or float16")
+    template = None
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise UsageError(f"prompt file {str(prompt_file)!r} does not exist",
+                             "pass a text file with {instruction} and {response} placeholders")
+        template = prompt_file.read_text(encoding="utf-8")
+    opts = LabelOptions(judge=judge, model=model, engine=engine, batch_size=batch_size, dtype=dtype,
+                        template=template, harmful_col=harmful_col, all_harmful=all_harmful,
+                        safe_responses=safe_responses, generate=generate, system=system,
+                        max_new_tokens=max_new_tokens, max_response_chars=max_response_chars,
+                        cache=not no_cache)
+    if not dry_run:
+        check_output(output)
+    table = load(input, limit)
+    validate(table, opts)
+    models = [m for m in (generate, model if judge != "rules" else None) if m]
+    if models:
+        from safesample.backends.models import check_offline, resolve
+
+        for m in models:  # a wrong path or an uncached hub id fails now, before anything loads
+            check_offline(resolve(m))
+    if dry_run:
+        for line in plan(table, opts):
+            console.console.print(line, markup=False, highlight=False)
+        return
+
+    result = label_table(table, opts, progress=console.progress, log=console.info)
+    args = {"judge": judge, "model": model, "engine": engine, "generate": generate, "system": system,
+            "max_new_tokens": max_new_tokens, "prompt_file": str(prompt_file) if prompt_file else None,
+            "harmful_col": harmful_col, "all_harmful": all_harmful, "safe_responses": safe_responses,
+            "max_response_chars": max_response_chars, "dtype": dtype, "cache": not no_cache,
+            "limit": limit, "batch_size": batch_size}
+    save(result.table, output, NAME, args, seed=seed, models=result.models, inputs=[input])
+    console.info(summary(result.stats))

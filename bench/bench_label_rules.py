@@ -1,0 +1,89 @@
+"""Throughput of the rule-based refusal classifier (`classify_responses`) on one core.
+
+The responses of the real safety pools (safety_tuned_llamas, do_not_answer, hh_rlhf_harmless)
+and the benign Alpaca answers, repeated to at least 200,000 rows; best of 3 timed runs after a
+warm-up, with pyarrow limited to one thread. Prints rows/s and the ratio to the 50,000 rows/s
+target. Also times `safesample label --judge rules` end to end on the same rows (read, classify,
+write Parquet), which includes the table I/O.
+
+Run: .venv/bin/python bench/bench_label_rules.py [ROWS]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("SAFESAMPLE_SHARED_DATA", REPO.parent / "shared" / "data"))
+TARGET = 50_000
+
+
+def responses() -> list[str]:
+    import pyarrow.parquet as pq
+
+    texts: list[str] = []
+    for name, column in [("safety_tuned_llamas", "response"), ("do_not_answer", "response"),
+                         ("hh_rlhf_harmless", "response"), ("alpaca_gpt4_demo", "output")]:
+        path = DATA / name / f"{name}.parquet"
+        if not path.exists():
+            raise SystemExit(f"missing {path}; set SAFESAMPLE_SHARED_DATA")
+        texts += [t for t in pq.read_table(path, columns=[column]).column(0).to_pylist() if t is not None]
+    return texts
+
+
+def main() -> int:
+    import pyarrow as pa
+
+    pa.set_cpu_count(1)  # one core, as the target says
+    from safesample.behavior import classify_responses
+
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    base = responses()
+    texts = (base * (rows // len(base) + 1))[:rows]
+    chars = sum(map(len, texts)) / len(texts)
+    column = pa.array(texts, pa.string())
+    classify_responses(column[:5000])  # warm-up
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        styles = classify_responses(column)
+        times.append(time.perf_counter() - start)
+    best = min(times)
+    rate = len(texts) / best
+    print(f"rows: {len(texts):,} (from {len(base):,} real responses, mean {chars:.0f} chars)")
+    print(f"classify_responses: best {best:.3f} s of {[round(t, 3) for t in times]} -> {rate:,.0f} rows/s")
+    print(f"target {TARGET:,} rows/s: ratio {rate / TARGET:.2f}x")
+    start = time.perf_counter()
+    classify_responses(texts)  # from a Python list: includes building the Arrow array
+    list_rate = len(texts) / (time.perf_counter() - start)
+    print(f"classify_responses from a Python list: {list_rate:,.0f} rows/s ({list_rate / TARGET:.2f}x)")
+    counts = {s: styles.count(s) for s in ("full_refusal", "partial_refusal", "compliance")}
+    print(f"styles: {counts}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        import pyarrow.parquet as pq
+
+        src, dst = Path(tmp) / "pool.parquet", Path(tmp) / "labeled.parquet"
+        pq.write_table(pa.table({"instruction": ["q"] * len(texts), "response": column,
+                                 "id": [str(i) for i in range(len(texts))]}), src)
+        env = {**os.environ, "SAFESAMPLE_CACHE_DIR": tmp, "NO_COLOR": "1"}
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "safesample", "label", str(src), "-o", str(dst),
+                               "--all-harmful", "-q"], env=env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            print(f"label CLI failed: {proc.stderr.strip()}")
+            return 1
+        print(f"safesample label --judge rules, end to end (start-up, read, label, write): "
+              f"{elapsed:.2f} s -> {len(texts) / elapsed:,.0f} rows/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
