@@ -43,6 +43,7 @@ COLUMNS: dict[str, Column] = {c.name: c for c in [
     _col("refusal_style", "string", "`safesample label`", "full_refusal / partial_refusal / compliance"),
     _col("label_backend", "string", "`safesample label`"),
     _col("label_error", "string", "`safesample label`"),
+    _col("label_truncated", "bool", "`safesample label`", "the response was cut for the judge model"),
     _col("embedding", "vector", "`safesample embed`", "sentence embedding (float32 list)"),
     _col("category_score", "float", "`safesample cluster --reference REF.parquet`"),
     _col("cluster", "int", "`safesample cluster`", "semantic cluster id"),
