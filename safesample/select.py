@@ -10,8 +10,9 @@ Strategies (all deterministic for a seed):
                 set (`category_score` from `safesample cluster --reference`, else the mean cosine
                 to the category's own rows).
 - `diverse`     the method: quotas over harm category x behavior, and within each quota a
-                round-robin over semantic clusters (the least covered cluster first), the row
-                nearest the cluster centroid first, then farthest-first from earlier picks.
+                round-robin over semantic clusters (the least covered cluster first); inside a
+                cluster farthest-first from its earlier picks, a cluster's first pick being the
+                one of its most central rows that is farthest from all picks so far.
 
 Always excluded unless asked: pairs whose response is harmful, exact duplicates (normalised
 instruction text) and near duplicates (cosine >= `dedup` to a row already picked), and rows
@@ -24,6 +25,7 @@ Everything on the pool is numpy-vectorised; Python loops run over picks (the bud
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -276,9 +278,16 @@ class Vectors:
         self.offsets = np.cumsum([0] + [len(v) for v in self.views])
         self.positions = positions
         self.length = len(positions) if positions is not None else int(self.offsets[-1])
+        self.dense: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.length
+
+    def materialize(self) -> None:
+        """Gather every vector once, in position order: later slices are views. Worth it when a
+        strategy scans most rows (prototype, similarity, diverse with many picks)."""
+        if self.dense is None:
+            self.dense = self[0:self.length]
 
     def _rows(self, key: Any) -> np.ndarray:
         if isinstance(key, slice):
@@ -287,6 +296,8 @@ class Vectors:
         return self.positions[key] if self.positions is not None else key
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        if self.dense is not None:
+            return self.dense[key]
         if isinstance(key, (int, np.integer)):
             row = int(self.positions[key]) if self.positions is not None else int(key)
             k = int(np.searchsorted(self.offsets, row, side="right")) - 1
@@ -335,9 +346,9 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float32)
     if matrix.ndim != 2:
         raise DataError("embeddings must be a matrix of vectors", "re-run `safesample embed`")
-    if not np.isfinite(matrix).all():
-        raise DataError("some embeddings hold NaN or infinite values", "re-run `safesample embed`")
     norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+    if not np.isfinite(norms).all():  # a NaN or inf anywhere in a row shows in its norm
+        raise DataError("some embeddings hold NaN or infinite values", "re-run `safesample embed`")
     if len(norms) and np.abs(norms - 1).max() > 1e-3:
         matrix = matrix / np.where(norms > 0, norms, 1)[:, None]
     return matrix
@@ -447,6 +458,7 @@ class _Acceptor:
         if self.pool.emb is None or (self.eval is None and self.dedup is None):
             return True
         vec = self.pool.emb[pos]
+        self._vec = (pos, vec)
         if self.eval is not None and len(self.eval) and float((self.eval @ vec).max()) >= self.eval_threshold:
             return self._reject(pos, "eval_similar")
         n = len(self.picked)
@@ -457,7 +469,8 @@ class _Acceptor:
     def take(self, pos: int) -> None:
         self.taken[pos] = True
         if self.pool.emb is not None:
-            self.vecs[len(self.picked)] = self.pool.emb[pos]
+            cached = getattr(self, "_vec", (-1, None))
+            self.vecs[len(self.picked)] = cached[1] if cached[0] == pos else self.pool.emb[pos]
         if self.exact:
             key = self._key[1] if self._key[0] == pos else normalise(self.pool.texts[pos] or "")
             if key:
@@ -491,7 +504,8 @@ def select(table: "pa.Table", budget: int, strategy: str = "diverse", *,
     pool = plan.pool
     acceptor = _Acceptor(pool, budget, dedup, exclusions)
     rng = np.random.default_rng(seed)
-    picks = _STRATEGY[strategy](pool, budget, plan.weights, acceptor, rng)
+    with _one_blas_thread():
+        picks = _STRATEGY[strategy](pool, budget, plan.weights, acceptor, rng)
     if len(picks) < budget:
         counts = dict(plan.excluded, **acceptor.rejected)
         detail = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items() if v)
@@ -505,7 +519,8 @@ def select(table: "pa.Table", budget: int, strategy: str = "diverse", *,
         [c for c in ("select_reason", "select_rank") if c in table.column_names])
     out = out.append_column("select_reason", pa.array([r for _, r in picks], pa.string()))
     out = out.append_column("select_rank", pa.array(np.arange(1, budget + 1), pa.int64()))
-    report = _report(plan, strategy, budget, seed, positions, acceptor, random_draws, dedup, exclusions)
+    with _one_blas_thread():
+        report = _report(plan, strategy, budget, seed, positions, acceptor, random_draws, dedup, exclusions)
     return SelectResult(out, report)
 
 
@@ -527,6 +542,18 @@ def take_rows(table: "pa.Table", rows: np.ndarray) -> "pa.Table":
     inverse = np.empty(len(rows), dtype=np.int64)
     inverse[order] = np.arange(len(rows))
     return picked.combine_chunks().take(pa.array(inverse))
+
+
+def _one_blas_thread():
+    """Picking runs thousands of small matrix-vector products, which a multi-threaded BLAS
+    makes several times slower (thread hand-offs, worse on a busy machine)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 @dataclass
@@ -661,8 +688,14 @@ def plan_selection(table: "pa.Table", strategy: str, *, behavior: dict[str, floa
     # group the candidates: by behavior, then category, then cluster; table order within
     clusters = _ints(table, "cluster") if "cluster" in names else None
     candidates = np.flatnonzero(keep)
-    minor = clusters[candidates] if clusters is not None else np.zeros(len(candidates), dtype=np.int64)
-    rows = candidates[np.lexsort((minor, cat_code[candidates], beh_code[candidates]))]
+    key = beh_code[candidates] * len(categories) + cat_code[candidates]
+    minor = clusters[candidates] if clusters is not None and len(candidates) else None
+    if minor is not None and int(minor.max()) < 1 << 31:
+        key = key * (int(minor.max()) + 2) + (minor + 1)  # one sort key; clusters are >= -1
+    elif minor is not None:
+        key = np.lexsort((minor, key))
+        key = np.argsort(key)  # rank in (group, cluster) order
+    rows = candidates[np.argsort(key, kind="stable")]
     pool_clusters = None
     if clusters is not None:
         pool_clusters = _n_distinct(clusters)
@@ -889,6 +922,8 @@ def _ranked(pool: _Pool, budget: int, weights: list[float], acceptor: _Acceptor,
 
 def _pick_prototype(pool: _Pool, budget: int, weights: list[float], acceptor: _Acceptor,
                     rng: np.random.Generator) -> list[Pick]:
+    pool.emb.materialize()  # every candidate is scored
+
     def score(lo: int, hi: int, b: int, c: int) -> np.ndarray:
         vecs = pool.emb[lo:hi]
         return vecs @ _unit(vecs.mean(axis=0, keepdims=True))[0]
@@ -899,6 +934,8 @@ def _pick_prototype(pool: _Pool, budget: int, weights: list[float], acceptor: _A
 def _pick_similarity(pool: _Pool, budget: int, weights: list[float], acceptor: _Acceptor,
                      rng: np.random.Generator) -> list[Pick]:
     given = pool.cat_score is not None and not np.isnan(pool.cat_score).all()
+    if not given:
+        pool.emb.materialize()  # every candidate is scored
     means: dict[int, np.ndarray] = {}
 
     def score(lo: int, hi: int, b: int, c: int) -> np.ndarray:
@@ -915,33 +952,45 @@ def _pick_similarity(pool: _Pool, budget: int, weights: list[float], acceptor: _
 
 
 FARTHEST_SAMPLE = 20_000  # farthest-first scans at most this many rows of one cluster
+CENTRAL_CORE = 64  # a cluster's first pick: among this many of its most central rows
 
 
 def _pick_diverse(pool: _Pool, budget: int, weights: list[float], acceptor: _Acceptor,
                   rng: np.random.Generator) -> list[Pick]:
     """Quotas over category x behavior; inside each quota a round-robin over its semantic
     clusters (the cluster least covered by the whole selection first, then the larger), and
-    inside a cluster farthest-first: the row farthest from every earlier pick. The very first
-    pick, with nothing to be far from, is the row nearest its cluster's centroid.
+    inside a cluster farthest-first: the row farthest from the picks already in that cluster
+    (from any quota). A cluster's first pick is, of its CENTRAL_CORE rows nearest the
+    centroid, the one farthest from every pick so far (the very first pick: the most central).
 
-    A cluster's distances to the picks are brought up to date lazily, when its turn comes, as
-    one matrix product with the picks made since its last turn. A cluster (or a pool without
-    clusters) larger than FARTHEST_SAMPLE rows scans a seeded sample of that many rows.
+    Comparing a row with the picks of its own cluster only keeps the cost at about
+    rows x picks-per-cluster (not rows x budget): the clusters already keep the picks apart.
+    Distances are brought up to date lazily, when a cluster's turn comes, as one matrix product
+    with the cluster's picks made since its last turn. A cluster (or a quota without clusters)
+    larger than FARTHEST_SAMPLE rows scans a seeded sample of that many rows.
     """
-    cluster_hits: dict[int, int] = {}  # picks per cluster, over all groups
+    cluster_picks: dict[Any, list[np.ndarray]] = {}  # vectors picked per cluster, over all quotas
+    minor = pool.cluster if pool.cluster is not None else np.zeros(len(pool), dtype=np.int64)
+    cells = 1 + np.count_nonzero((np.diff(pool.key) != 0) | (np.diff(minor) != 0)) if len(pool) else 0
+    if 2 * budget > cells:  # most clusters get scanned, some revisited: gather all vectors once
+        pool.emb.materialize()
 
     def make(b: int, c: int | None) -> Iterator[Pick]:
         lo, hi = pool.slice(b, c)
         where = _describe(pool, b, c)
         ids = pool.cluster[lo:hi] if pool.cluster is not None else np.full(hi - lo, -1, dtype=np.int64)
         cuts = np.flatnonzero(np.diff(ids)) + 1  # positions are sorted by cluster within a group
-        state = [{"id": int(ids[s]), "s": int(s), "e": int(e), "hits": 0, "open": True, "cand": None}
-                 for s, e in zip(np.r_[0, cuts], np.r_[cuts, hi - lo])]
+        state = []
+        for s, e in zip(np.r_[0, cuts], np.r_[cuts, hi - lo]):
+            u = int(ids[s])
+            state.append({"id": u, "key": u if u >= 0 else ("quota", b, c), "s": int(s), "e": int(e),
+                          "hits": 0, "open": True, "cand": None})
         while True:
             open_ = [st for st in state if st["open"]]
             if not open_:
                 return
-            st = min(open_, key=lambda t: (t["hits"], cluster_hits.get(t["id"], 0), t["s"] - t["e"], t["id"]))
+            st = min(open_, key=lambda t: (t["hits"], len(cluster_picks.get(t["key"], ())), t["s"] - t["e"],
+                                           t["id"]))
             s, e = st["s"], st["e"]
             if st["cand"] is None:
                 n = e - s
@@ -951,35 +1000,47 @@ def _pick_diverse(pool: _Pool, budget: int, weights: list[float], acceptor: _Acc
                 st["live"] = np.ones(len(st["cand"]), dtype=bool)
                 st["seen"] = 0
             chosen, how = None, ""
-            picked = len(acceptor.picked)
-            if picked == 0:
+            earlier = cluster_picks.setdefault(st["key"], [])
+            if not earlier:
                 dist = pool.cluster_dist[st["cand"]] if pool.cluster_dist is not None and st["id"] >= 0 else None
                 if dist is None or np.isnan(dist).all():
                     members = pool.emb[st["cand"]]
                     dist = -(members @ members.mean(axis=0))
-                for j in np.argsort(np.nan_to_num(dist, nan=np.inf), kind="stable"):
+                order = np.argsort(np.nan_to_num(dist, nan=np.inf), kind="stable")
+                picked = len(acceptor.picked)
+                if picked:
+                    # Among the cluster's most central rows, the one farthest from every pick
+                    # so far: representative of its cluster, and away from the rest.
+                    core = order[:CENTRAL_CORE]
+                    far = (1 - pool.emb[st["cand"][core]] @ acceptor.vecs[:picked].T).min(axis=1)
+                    order = np.r_[core[np.argsort(-far, kind="stable")], order[CENTRAL_CORE:]]
+                for j in order:
+                    if not st["live"][j]:
+                        continue
                     st["live"][j] = False
                     if acceptor.ok(int(st["cand"][j])):
-                        chosen, how = int(st["cand"][j]), "nearest to centroid (the first pick)"
+                        chosen = int(st["cand"][j])
+                        how = ("nearest to centroid" if not picked else
+                               f"of the {min(CENTRAL_CORE, len(order))} most central, farthest from earlier picks")
                         break
             else:
-                if st["seen"] < picked:
-                    new = acceptor.vecs[st["seen"]:picked]
-                    dist = 1 - pool.emb[st["cand"]] @ new.T
-                    np.minimum(st["mind"], dist.min(axis=1), out=st["mind"])
-                    st["seen"] = picked
+                if st["seen"] < len(earlier):
+                    new = np.stack(earlier[st["seen"]:])
+                    np.minimum(st["mind"], (1 - pool.emb[st["cand"]] @ new.T).min(axis=1), out=st["mind"])
+                    st["seen"] = len(earlier)
                 while st["live"].any():
                     j = int(np.argmax(np.where(st["live"], st["mind"], -np.inf)))
                     st["live"][j] = False
                     if acceptor.ok(int(st["cand"][j])):
                         chosen = int(st["cand"][j])
-                        how = f"farthest from earlier picks (cosine distance {float(st['mind'][j]):.3f})"
+                        scope = "in the cluster" if st["id"] >= 0 else "in the quota"
+                        how = f"farthest from earlier picks {scope} (cosine distance {float(st['mind'][j]):.3f})"
                         break
             if chosen is None:
                 st["open"] = False
                 continue
             st["hits"] += 1
-            cluster_hits[st["id"]] = cluster_hits.get(st["id"], 0) + 1
+            earlier.append(pool.emb[chosen])
             label = f"cluster {st['id']} of {pool.n_clusters}" if st["id"] >= 0 and pool.n_clusters else ""
             yield chosen, _join(where, label, how)
 
@@ -997,6 +1058,39 @@ def _ordinal(n: int) -> str:
 
 # --------------------------------------------------------------------------------------------
 # coverage report
+
+
+def _random_draw(pool: _Pool, budget: int, dedup: float | None, exclusions: Exclusions | None,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A random draw under the same exclusions as `--strategy random`, with the near-duplicate
+    check done a batch of candidates at a time (one Gram matrix, not a product per row)."""
+    acc = _Acceptor(pool, budget, None, exclusions)  # text and eval checks, row by row
+    order = _random_order(0, len(pool), rng)
+    got: list[int] = []
+    near = dedup if pool.emb is not None else None
+    kept = np.empty((0, pool.emb.dim if pool.emb is not None else 0), dtype=np.float32)
+    while len(got) < budget:
+        batch = [pos for pos in itertools.islice(order, 2 * (budget - len(got)) + 16) if acc.ok(pos)]
+        if not batch:
+            break
+        if near is None:
+            got.extend(batch[:budget - len(got)])
+            continue
+        vecs = pool.emb[np.array(batch)]
+        against_kept = (vecs @ kept.T).max(axis=1) if len(kept) else np.full(len(batch), -np.inf)
+        gram = vecs @ vecs.T
+        blocked = against_kept >= near  # too close to a row kept earlier in the draw
+        accepted: list[int] = []
+        for i, pos in enumerate(batch):
+            if len(got) >= budget:
+                break
+            if blocked[i]:
+                continue
+            accepted.append(i)
+            got.append(pos)
+            blocked |= gram[i] >= near
+        kept = np.concatenate([kept, vecs[accepted]])
+    return np.array(got, dtype=np.int64)
 
 
 def coverage(pool: _Pool, positions: np.ndarray) -> dict[str, Any]:
@@ -1032,16 +1126,8 @@ def _report(plan: Plan, strategy: str, budget: int, seed: int, positions: np.nda
     sel = coverage(pool, positions)
     baseline: list[dict[str, Any]] = []
     for k in range(draws):  # random draws from the same candidates under the same exclusions
-        acc = _Acceptor(pool, budget, dedup, exclusions)
-        rng = np.random.default_rng([seed, k + 1])
-        got = []
-        for pos in _random_order(0, len(pool), rng):
-            if len(got) >= budget:
-                break
-            if acc.ok(pos):
-                acc.take(pos)
-                got.append(pos)
-        baseline.append(coverage(pool, np.array(got, dtype=np.int64)))
+        got = _random_draw(pool, budget, dedup, exclusions, np.random.default_rng([seed, k + 1]))
+        baseline.append(coverage(pool, got))
     random_mean = {key: (round(float(np.mean([b[key] for b in baseline])), 6)
                          if baseline and baseline[0][key] is not None else None)
                    for key in sel}

@@ -260,8 +260,11 @@ def test_diverse_spreads_over_clusters_and_explains_each_pick():
     clusters = out.column("cluster").to_pylist()
     assert len(set(clusters)) == 10  # 20 picks over 2 categories: every cluster before any repeats
     reasons = out.column("select_reason").to_pylist()
-    assert re.fullmatch(r"category=cat\d, behavior=refusal, cluster \d of 10, nearest to centroid .*", reasons[0])
-    assert all("farthest from earlier picks (cosine distance" in r for r in reasons[1:])
+    assert re.fullmatch(r"category=cat\d, behavior=refusal, cluster \d of 10, nearest to centroid", reasons[0])
+    assert all(re.fullmatch(r"category=cat\d, behavior=refusal, cluster \d of 10, "
+                            r"of the \d+ most central, farthest from earlier picks", r) for r in reasons[1:10])
+    assert all(re.search(r"farthest from earlier picks in the cluster \(cosine distance \d\.\d+\)$", r)
+               for r in reasons[10:])
     assert set(out.column("behavior").to_pylist()) == {"refusal"}
 
 

@@ -18,8 +18,8 @@ Strategies: random (the baseline); stratified (k = n // #categories per category
 first, random within, random fill); prototype (per category, closest to the category
 centroid); similarity (per category, most similar to the category's reference set:
 category_score, else the category's mean embedding); diverse (the default: quotas over harm
-category x behavior, then round-robin over semantic clusters, the most central row of a cluster
-first, then farthest-first from earlier picks).
+category x behavior, then round-robin over semantic clusters, least covered first; inside a
+cluster farthest-first from its earlier picks, its first pick a central row far from all picks).
 
 Without --behavior, diverse takes refusal and explanation rows in equal shares; the other
 strategies take any behavior. Always excluded unless asked: rows whose response is harmful
