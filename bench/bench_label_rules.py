@@ -2,8 +2,8 @@
 
 The responses of the real safety pools (safety_tuned_llamas, do_not_answer, hh_rlhf_harmless)
 and the benign Alpaca answers, repeated to at least 200,000 rows; best of 3 timed runs after a
-warm-up, with pyarrow limited to one thread. Prints rows/s and the ratio to the 50,000 rows/s
-target. Also times `safesample label --judge rules` end to end on the same rows (read, classify,
+warm-up, with pyarrow limited to one thread. Prints rows/s per core (CPU time of the process)
+and by the wall clock, and the ratio to the 50,000 rows/s target. Also times `safesample label --judge rules` end to end on the same rows (read, classify,
 write Parquet), which includes the table I/O.
 
 Run: .venv/bin/python bench/bench_label_rules.py [ROWS]
@@ -49,19 +49,23 @@ def main() -> int:
     chars = sum(map(len, texts)) / len(texts)
     column = pa.array(texts, pa.string())
     classify_responses(column[:5000])  # warm-up
-    times = []
+    walls, cpus = [], []
     for _ in range(3):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         styles = classify_responses(column)
-        times.append(time.perf_counter() - start)
-    best = min(times)
-    rate = len(texts) / best
-    print(f"rows: {len(texts):,} (from {len(base):,} real responses, mean {chars:.0f} chars)")
-    print(f"classify_responses: best {best:.3f} s of {[round(t, 3) for t in times]} -> {rate:,.0f} rows/s")
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    # CPU seconds of this (single-threaded) process are what "one core" means; wall time also
+    # counts waiting for the CPU when other work shares the machine, so both are printed.
+    rate = len(texts) / min(cpus)
+    print(f"rows: {len(texts):,} (from {len(base):,} real responses, mean {chars:.0f} chars); "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"classify_responses: best {min(cpus):.3f} CPU s of {[round(t, 3) for t in cpus]} -> {rate:,.0f} rows/s "
+          f"per core (wall: best {min(walls):.3f} s -> {len(texts) / min(walls):,.0f} rows/s)")
     print(f"target {TARGET:,} rows/s: ratio {rate / TARGET:.2f}x")
-    start = time.perf_counter()
+    cpu = time.process_time()
     classify_responses(texts)  # from a Python list: includes building the Arrow array
-    list_rate = len(texts) / (time.perf_counter() - start)
+    list_rate = len(texts) / (time.process_time() - cpu)
     print(f"classify_responses from a Python list: {list_rate:,.0f} rows/s ({list_rate / TARGET:.2f}x)")
     counts = {s: styles.count(s) for s in ("full_refusal", "partial_refusal", "compliance")}
     print(f"styles: {counts}")

@@ -204,8 +204,6 @@ DISCLAIMER = _rx(
     r"\b(?:i|we) (?:must|have to|should|need to|want to|would like to) (?:caution|warn|remind you)",
     r"\b(?:hypothetical|fictional) (?:scenario|example|situation|story|context)",
 )
-# Any of these later in an answer makes it a partial refusal (one pattern: one pass over the text).
-HEDGE = _rx(REFUSE, DISCLAIMER, REDIRECT)
 # After a refusal: signs that the response goes on to do (some of) the task anyway.
 CONTINUATION = _rx(
     r"\b(?:however|but|that said|that being said|nevertheless|nonetheless|instead|although|still),? "
@@ -271,11 +269,17 @@ def classify_responses(texts: Sequence[str | None] | Iterable[str | None]) -> li
         return []
 
     # Lower-casing once is cheaper than case-insensitive matching, whose RE2 automata are larger.
-    # Runs of whitespace become one space (after keeping line breaks, which mark list items),
-    # so positions and lengths do not depend on formatting.
+    # Runs of spaces become one, so positions and lengths do not depend on formatting.
     text = pc.utf8_lower(pc.utf8_trim_whitespace(arr))
-    text = pc.replace_substring_regex(text, r"[ \t\r\f\v]*\n\s*", "\n")
-    text = pc.replace_substring_regex(text, "[ \\t\\r\\f\\v\u00a0]{2,}", " ")
+    runs = "[ \\t\\r\\f\\v\u00a0]{2,}"
+    spaced = np.zeros(n, dtype=bool)
+    for literal in ("  ", "\t", "\u00a0"):  # literal searches: far cheaper than a regex pass
+        spaced |= np.asarray(pc.fill_null(pc.match_substring(text, literal), False).to_numpy(zero_copy_only=False))
+    if spaced.mean() > 0.5:
+        text = pc.replace_substring_regex(text, runs, " ")
+    elif spaced.any():  # most texts have no runs: rewrite only those that do
+        mask = pa.array(spaced)
+        text = pc.replace_with_mask(text, mask, pc.replace_substring_regex(text.filter(mask), runs, " "))
     length = np.asarray(pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))
     blank = length == 0
     head = pc.utf8_slice_codeunits(text, 0, HEAD_CHARS)
@@ -303,11 +307,17 @@ def classify_responses(texts: Sequence[str | None] | Iterable[str | None]) -> li
     # (One pattern "REFUSE.*?CONTINUATION" would say it directly but costs 7x more: its automaton
     # is huge. Positions of the first match of each do the same job; when the first continuation
     # comes before the refusal, look again past the head.)
-    refuse_pos = on(refuse_head, head, REFUSE, position=True)
+    # (Finding where a match starts costs RE2 several times more than saying whether there is
+    # one, so the refusal's position is only looked up where a continuation exists.)
     cont_pos = on(refuse_head, text, CONTINUATION, position=True)
+    refuse_pos = on(refuse_head & (cont_pos >= 0), head, REFUSE, position=True)
     again = refuse_head & (cont_pos >= 0) & (cont_pos < refuse_pos)
     cont_pos[again] = -1
-    later = on(again, pc.utf8_slice_codeunits(text, HEAD_CHARS), CONTINUATION, position=True)
+    later = np.full(n, -1, dtype=np.int64)
+    if again.any():
+        tail = pc.utf8_slice_codeunits(text.filter(pa.array(again)), HEAD_CHARS)
+        later[again] = np.asarray(pc.fill_null(pc.find_substring_regex(tail, CONTINUATION), -1)
+                                  .to_numpy(zero_copy_only=False))
     cont_pos[later >= 0] = later[later >= 0] + HEAD_CHARS
     goes_on = (cont_pos > refuse_pos) & (length - cont_pos > SUBSTANTIAL_CHARS)
     opener = on(refuse_head, head, OPENER)
@@ -334,7 +344,11 @@ def classify_responses(texts: Sequence[str | None] | Iterable[str | None]) -> li
 
     # 4. An answer that refuses part of it later on, or hedges it with a disclaimer, a warning
     #    or a redirection to a professional: partial.
-    rows = on(~decided, text, HEDGE)
+    # (Three passes over shrinking subsets, not one combined pattern: the combined automaton
+    # outgrows RE2's DFA cache on long columns and falls back to its far slower NFA.)
+    rows = on(~decided, text, REFUSE)
+    rows |= on(~decided & ~rows, text, DISCLAIMER)
+    rows |= on(~decided & ~rows, text, REDIRECT)
     styles[rows] = "partial_refusal"
 
     out = styles.tolist()

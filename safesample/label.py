@@ -212,7 +212,7 @@ def label_table(table: "pa.Table", opts: LabelOptions, *, load_engine: Callable[
         elif opts.judge != "rules" and (instructions[i] is None or not str(instructions[i]).strip()):
             errors[i] = "missing instruction"
 
-    styles = classify_responses(responses)
+    styles = classify_responses(table.column("response"))  # column-wise, no per-row Python
     harmful_request: list[bool | None] = [None] * n
     refusal: list[bool | None] = [is_refusal(s) for s in styles]
     harmful_response: list[bool | None] = [False if opts.safe_responses else None] * n
