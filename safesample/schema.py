@@ -52,6 +52,8 @@ COLUMNS: dict[str, Column] = {c.name: c for c in [
     _col("select_reason", "string", "`safesample select`"),
     _col("select_rank", "int", "`safesample select`"),
     _col("source", "string", "`safesample mix`"),
+    _col("origin", "string", "`safesample mix`", "an input's own `source` value (e.g. its dataset)"),
+    _col("messages", "any", "`safesample mix`", "the pair as a chat: a list of {role, content}"),
 ]}
 
 

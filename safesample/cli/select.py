@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from enum import Enum
 from typing import Annotated, Optional
 
@@ -100,7 +101,9 @@ def command(input: Input, budget: Budget, output: Output = "-",
             check_output_folder(report)
     of_rows = read_table(of).num_rows if of is not None else None
     rows = stage.parse_budget(budget, of_rows)
+    started = time.perf_counter()
     table = load(input, limit)
+    console.debug(f"read the pool in {time.perf_counter() - started:.2f} s")
     excluded = [(path, read_table(path)) for path in exclude or []]
     args = {"budget": budget, "rows": rows, "of": of, "strategy": strategy.value, "behavior": behavior,
             "category_col": category_col, "dedup": threshold, "keep_harmful": keep_harmful,
@@ -114,9 +117,12 @@ def command(input: Input, budget: Budget, output: Output = "-",
     exclusions = stage.exclusions_from_tables(
         excluded, exclude_threshold, has_emb, stage.default_embedder(get_provenance(table), batch_size),
         batch_size) if excluded else None
+    started = time.perf_counter()
     result = stage.select(table, rows, strategy.value, behavior=behavior_spec, category_col=category_col,
                           dedup=threshold, keep_harmful=keep_harmful, exclusions=exclusions, seed=seed,
                           warn=console.warn)
+    console.debug(f"selected {rows} rows and drew {stage.RANDOM_DRAWS} random baselines in "
+                  f"{time.perf_counter() - started:.2f} s")
     model, _ = stage.pool_embedding_model(get_provenance(table))
     save(result.table, output, NAME, args, seed=seed, models={"embedding": model} if model else None,
          inputs=[input, *(exclude or []), *([of] if of else [])])
