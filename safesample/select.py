@@ -1064,7 +1064,8 @@ def _random_draw(pool: _Pool, budget: int, dedup: float | None, exclusions: Excl
                  rng: np.random.Generator) -> np.ndarray:
     """A random draw under the same exclusions as `--strategy random`, with the near-duplicate
     check done a batch of candidates at a time (one Gram matrix, not a product per row)."""
-    acc = _Acceptor(pool, budget, None, exclusions)  # text and eval checks, row by row
+    acc = _Acceptor(pool, budget, dedup, exclusions)
+    acc.dedup = None  # it checks text and eval prompts row by row; near duplicates are done here
     order = _random_order(0, len(pool), rng)
     got: list[int] = []
     near = dedup if pool.emb is not None else None

@@ -547,6 +547,7 @@ def test_bad_input_each_with_error_hint_exit_code_and_no_output(real_pool: Path,
         (["select", pool, "--budget", "5", "--dedup", "1.5", "-o", out], 2, "--dedup 1.5"),
         (["select", pool, "--budget", "5", "-o", str(tmp_path / "nowhere" / "out.parquet")], 2, "does not exist"),
         (["select", pool, "--budget", "5", "--category-col", "cluster", "-o", out], 1, "must be strings"),
+        (["select", "-", "--of", "-", "--budget", "1%", "-o", out], 2, "only one table can come from stdin"),
     ]
     # Real subprocesses, a few at a time: each one spends most of its time starting Python.
     from concurrent.futures import ThreadPoolExecutor

@@ -88,6 +88,8 @@ def command(input: Input, budget: Budget, output: Output = "-",
     from safesample.tables import check_output, get_provenance, read_table
 
     behavior_spec = stage.parse_behavior(behavior)
+    if [input, of, *(exclude or [])].count("-") > 1:
+        raise UsageError("only one table can come from stdin ('-')", "write the others to files first")
     threshold = None if keep_duplicates else dedup
     if not 0 < dedup <= 1:
         raise UsageError(f"--dedup {dedup} is outside (0, 1]",
