@@ -177,8 +177,9 @@ def test_vllm_engine_greedy_token_prompts_in_order(chatty):
 
     engine = load_engine(str(chatty), engine="vllm", max_new_tokens=7, llm_factory=factory,
                          params_factory=fake_params)
-    assert engine.name == "vllm" and made[0].kwargs["model"] == str(chatty)
+    assert engine.name == "vllm" and made == []  # vLLM starts on first use only
     out = engine.chat(PROMPTS)
+    assert len(made) == 1 and made[0].kwargs["model"] == str(chatty) and made[0].kwargs["seed"] == 0
     prompts, params, use_tqdm = made[0].calls[0]
     assert params.temperature == 0.0 and params.max_tokens == 7 and use_tqdm is False
     expected_ids = engine.tokenizer(engine.format_chat(PROMPTS), add_special_tokens=False)["input_ids"]
@@ -209,8 +210,9 @@ def test_vllm_load_failure_is_a_model_error(chatty):
     def broken(**kwargs):
         raise RuntimeError("CUDA out of memory")
 
+    engine = load_engine(str(chatty), engine="vllm", llm_factory=broken, params_factory=fake_params)
     with pytest.raises(ModelError, match="CUDA out of memory"):
-        load_engine(str(chatty), engine="vllm", llm_factory=broken, params_factory=fake_params)
+        engine.chat(["Hi"])
 
 
 def test_label_stage_on_the_real_engine_reruns_from_the_cache(engine):
@@ -233,6 +235,9 @@ def test_label_stage_on_the_real_engine_reruns_from_the_cache(engine):
 
     again = label_table(table, opts, load_engine=lambda *a, **k: counting)
     assert counting.calls == [3, 3] and again.table.equals(first.table)
+    fresh = load_engine(engine.model_name, engine="transformers", max_new_tokens=10)
+    label_table(table, opts, load_engine=lambda *a, **k: fresh)
+    assert fresh._model is None  # all from the cache: the weights were never loaded
     assert again.stats["generation_cache_hits"] == 3 and again.stats["judge_cache_hits"] == 3
 
     grown = label_table(pa.table({"instruction": PROMPTS[:5]}), opts, load_engine=lambda *a, **k: counting)

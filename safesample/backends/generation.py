@@ -150,8 +150,16 @@ class TransformersEngine(_EngineBase):
                  device: str | None = None, model=None, tokenizer=None):
         tokenizer = tokenizer or load_tokenizer(ref, padding_side="left")
         super().__init__(ref, tokenizer, batch_size, max_new_tokens)
-        self.model = model or load_causal_lm(ref, dtype=dtype, device=device)
-        self.model.eval()
+        self._model = model
+        self._load = lambda: load_causal_lm(ref, dtype=dtype, device=device)
+
+    @property
+    def model(self):
+        """Loaded on first use: a rerun served from the cache never loads the weights."""
+        if self._model is None:
+            self._model = self._load()
+            self._model.eval()
+        return self._model
 
     def _context_length(self) -> int | None:
         config = getattr(self.model, "config", None)
@@ -222,11 +230,20 @@ class VLLMEngine(_EngineBase):
         if ref.adapter:
             kwargs["enable_lora"] = True
             self._lora = ref.adapter
-        try:
-            self.llm = llm_factory(**kwargs)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"vLLM could not load {ref.spec!r}: {str(exc).splitlines()[0][:200]}",
-                             "check the model path and GPU memory, or use --engine transformers") from exc
+        self._llm = None
+        self._llm_factory = llm_factory
+        self._llm_kwargs = kwargs
+
+    @property
+    def llm(self):
+        """Started on first use: a rerun served from the cache never starts vLLM."""
+        if self._llm is None:
+            try:
+                self._llm = self._llm_factory(**self._llm_kwargs)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ModelError(f"vLLM could not load {self.ref.spec!r}: {str(exc).splitlines()[0][:200]}",
+                                 "check the model path and GPU memory, or use --engine transformers") from exc
+        return self._llm
 
     def _context_length(self) -> int | None:
         try:
