@@ -68,7 +68,7 @@ def _read_path(path: Path, head: bytes, label: str) -> "pa.Table":
         if head.startswith(PARQUET_MAGIC):
             import pyarrow.parquet as pq
 
-            return pq.read_table(path)
+            return pq.ParquetFile(path).read()  # not pq.read_table: that imports pandas via pyarrow.dataset
         if head.startswith(ARROW_FILE_MAGIC):
             with pa.memory_map(str(path)) as src:
                 return pa.ipc.open_file(src).read_all()
