@@ -155,10 +155,17 @@ def load_causal_lm(ref: ModelRef, dtype: str = "auto", device: str | None = None
     except (OSError, ValueError) as exc:
         raise _offline_error(ref, exc) from exc
     if ref.gguf_file:
-        # A dequantised GGUF model keeps a quantizer that blocks save_pretrained and PEFT saving.
+        # A dequantised GGUF model keeps a quantizer that blocks save_pretrained and PEFT saving,
+        # and an is_quantized flag that makes the Trainer refuse it: drop both.
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
+            quantizer.remove_quantization_config(model)
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        model.is_quantized = False
+        if getattr(model.config, "_is_quantized", False):
+            model.config._is_quantized = False
         _save_copy(gguf_ref, model)
         model = model.to(torch_dtype)
     if ref.adapter:
