@@ -46,6 +46,8 @@ COLUMNS: dict[str, Column] = {c.name: c for c in [
     _col("label_truncated", "bool", "`safesample label`", "the response was cut for the judge model"),
     _col("embedding", "vector", "`safesample embed`", "sentence embedding (float32 list)"),
     _col("category_score", "float", "`safesample cluster --reference REF.parquet`"),
+    _col("categories", "any", "`safesample cluster --reference REF.parquet`",
+         "multi-label harm categories (list of strings), the row's own category first"),
     _col("cluster", "int", "`safesample cluster`", "semantic cluster id"),
     _col("cluster_distance", "float", "`safesample cluster`"),
     _col("cluster_size", "int", "`safesample cluster`"),
