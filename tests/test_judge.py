@@ -234,12 +234,14 @@ def test_guard_verdicts_combine_with_rules_and_count_parse_failures():
 # ---- the command, end to end, for real --------------------------------------------------------------
 
 
-def test_cli_generates_with_a_trained_adapter_and_scores(adapter: Path, classifier: Path, tmp_path: Path):
+def test_cli_generates_with_a_trained_adapter_and_scores(adapter: Path, classifier: Path, tiny: Path,
+                                                         tmp_path: Path):
     prompts = _prompts(tmp_path)
     out, summary = tmp_path / "judged.parquet", tmp_path / "s.json"
+    # The random tiny model doubles as an `llm` guard: it answers nonsense, i.e. parse failures.
     proc = cli("judge", str(prompts), "--model", str(adapter), "-o", str(out), "--summary", str(summary),
-               "--max-new-tokens", "6", "--batch-size", "2", "-s", "rules,reward", "--reward-model",
-               str(classifier))
+               "--max-new-tokens", "6", "--batch-size", "2", "-s", "rules,reward", "-s", "llm",
+               "--judge-model", str(tiny), "--reward-model", str(classifier))
     assert proc.returncode == 0, proc.stderr
     assert "alpaca template" in proc.stderr  # read from the run's safesample_config.json
     table = pq.read_table(out)
@@ -247,14 +249,22 @@ def test_cli_generates_with_a_trained_adapter_and_scores(adapter: Path, classifi
     assert {"eval_group", "refusal_style", "rules_refusal", "refusal", "reward"} <= set(table.column_names)
     assert table.column("eval_group").to_pylist() == ["harmful"] * 3 + ["benign"] * 2
     assert all(isinstance(r, float) for r in table.column("reward").to_pylist())
+    errors = table.column("llm_error").to_pylist()
+    responses = table.column("response").to_pylist()
+    assert all(e for e, r in zip(errors, responses))  # nonsense or empty: never a guessed verdict
+    assert table.column("llm_refusal").to_pylist() == [None] * 5
+    # With no guard verdict, the combined refusal falls back to the rules.
+    assert table.column("refusal").to_pylist() == table.column("rules_refusal").to_pylist()
     prov = get_provenance(table)[-1]
-    assert prov["command"] == "judge" and prov["models"] == {"model": str(adapter), "reward": str(classifier)}
+    assert prov["command"] == "judge" and prov["models"] == {"model": str(adapter), "judge": str(tiny),
+                                                              "reward": str(classifier)}
     s = json.loads(summary.read_text())
     assert s["template"] == "alpaca" and s["benign_flag"] == "label" and set(s["by_category"]) == {
         "crime", "hate", "lookalike"}
     assert s["overall"]["n"] == 5 and s["overall"]["mean_reward"] == pytest.approx(
         sum(table.column("reward").to_pylist()) / 5)
-    assert "judge summary" in proc.stderr and "overall" in proc.stderr
+    assert s["overall"]["parse_failures"] + s["overall"]["empty_responses"] == 5
+    assert "judge summary" in proc.stderr and "parse fail" in proc.stderr
 
 
 def test_cli_scores_existing_responses_compares_and_gates(tmp_path: Path):
