@@ -56,6 +56,13 @@ COLUMNS: dict[str, Column] = {c.name: c for c in [
     _col("source", "string", "`safesample mix`"),
     _col("origin", "string", "`safesample mix`", "an input's own `source` value (e.g. its dataset)"),
     _col("messages", "any", "`safesample mix`", "the pair as a chat: a list of {role, content}"),
+    _col("eval_group", "string", "`safesample judge`", "harmful / benign / unflagged evaluation prompt"),
+    _col("rules_refusal", "bool", "`safesample judge`", "the rule classifier's refusal verdict"),
+    _col("reward", "float", "`safesample judge --scorer reward`", "reward / harmfulness model score"),
+    *(_col(f"{kind}_{name}", kind_, f"`safesample judge --scorer {kind}`")
+      for kind in ("wildguard", "llm")
+      for name, kind_ in (("harmful_request", "bool"), ("refusal", "bool"), ("harmful_response", "bool"),
+                          ("error", "string"))),
 ]}
 
 

@@ -178,6 +178,9 @@ def command(
         console.console.print("dry run: no model loaded, nothing written", markup=False)
         return
     console.info(plan)
+    if model and "response" in table.column_names:
+        console.warn("the input already has a 'response' column; it is replaced by the new generations "
+                     "(pass --responses to score it instead)")
     if model or guards or "reward" in scorers:
         _quiet_libraries()
 
