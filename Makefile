@@ -13,7 +13,7 @@ DEMO := build/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test demo completions bench clean
+.PHONY: install test demo completions bench clean experiment
 
 install: $(VENV)/.installed
 
@@ -35,9 +35,35 @@ completions: install
 bench: install
 	for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done
 
-demo: install
+# The whole pipeline on the bundled demo data (safesample/demo) with the offline models: a few
+# minutes on a laptop CPU, most of it the 4-step SmolLM2 fine-tune and the judge's generation.
+DEMO_DATA := safesample/demo
+demo: $(DEMO)/judged.parquet
+	@echo "demo done: $(DEMO)/ holds every stage's table, selection.json and judge.json"
+
+$(DEMO)/pool.clustered.parquet: $(VENV)/.installed $(wildcard $(DEMO_DATA)/*.jsonl)
 	mkdir -p $(DEMO)
-	$(SS) --version
+	$(SS) label $(DEMO_DATA)/safety_pool.jsonl --all-harmful --safe-responses -o - \
+	  | $(SS) embed - -o - \
+	  | $(SS) cluster - -o $@
+
+$(DEMO)/picked.parquet: $(DEMO)/pool.clustered.parquet
+	$(SS) select $< --strategy diverse --budget 5% --of $(DEMO_DATA)/benign.jsonl \
+	  --exclude $(DEMO_DATA)/eval_prompts.jsonl --report $(DEMO)/selection.json -o $@
+
+$(DEMO)/train.jsonl: $(DEMO)/picked.parquet
+	$(SS) mix $(DEMO_DATA)/benign.jsonl $< -o $@
+
+$(DEMO)/lora/safesample_config.json: $(DEMO)/train.jsonl
+	$(SS) finetune $< --model smollm2 --max-steps 4 --batch-size 4 -o $(DEMO)/lora
+
+$(DEMO)/judged.parquet: $(DEMO)/lora/safesample_config.json
+	$(SS) judge $(DEMO_DATA)/eval_prompts.jsonl --model $(DEMO)/lora --max-new-tokens 32 \
+	  --summary $(DEMO)/judge.json -o $@
 
 clean:
 	rm -rf build .pytest_cache
+
+# `make experiment`: the CPU evidence run (about an hour on 2 cores); see experiments/experiment.mk.
+experiment: install
+include experiments/experiment.mk

@@ -1,0 +1,111 @@
+# The evidence: does behavior-aware, diverse selection beat random safety data at the same budget?
+#
+# A pipeline of safesample commands (see experiments/README.md). Two stages, after
+# shared/EXPERIMENT-NOTES.md: (1) align the base model once on safety rows the selection never sees
+# (plus benign tasks answered normally), merged into its weights; (2) from that aligned model,
+# fine-tune one LoRA arm per (strategy, budget, seed) on benign data + the rows the strategy picked,
+# and judge every arm on the same held-out prompts. Benign fine-tuning erodes the aligned model's
+# refusals; the arms show how much of them each strategy's safety rows keep.
+#
+# Every knob is a variable, so the CPU run and a paper-scale GPU run are the same recipe:
+#   make experiment                                   # CPU: SmolLM2-135M, 400 benign, budgets 20 40
+#   make experiment RUN=quick BUDGETS=20 RANDOM_SEEDS="0 1"
+#   make experiment RUN=llama MODEL=meta-llama/Llama-3.1-8B-Instruct BENIGN_N=20000 \
+#        BUDGETS="50 100 150 200" RANDOM_SEEDS="0 1 2 3 4 5 6 7 8 9" ENGINE=vllm \
+#        ALIGN=none ARM_ARGS="--epochs 3 --lr 3e-4 --batch-size 16 --grad-accum 8"
+# (ALIGN=none skips stage 1 for a model that is already aligned.)
+
+RUN ?= cpu
+SHARED ?= ../shared/data
+MODEL ?= smollm2
+BENIGN_N ?= 400
+POOL_N ?= 1500
+ALIGN_N ?= 300
+HARMFUL_N ?= 160
+SAFE_N ?= 60
+HELPFUL_N ?= 30
+BUDGETS ?= 20 40
+RANDOM_SEEDS ?= 0 1 2
+STRATEGIES ?= stratified diverse
+SEEDS ?= 0
+ALIGN ?= stage1
+ENGINE ?= auto
+ALIGN_ARGS ?= --template chat --epochs 1 --lr 1e-3 --lora-r 16 --lora-alpha 32 \
+              --target-modules all-linear --batch-size 8 --max-length 192
+ARM_ARGS ?= --template chat --epochs 1 --lr 1e-3 --batch-size 8 --max-length 192
+JUDGE_ARGS ?= --max-new-tokens 48 --batch-size 16 --engine $(ENGINE)
+
+W := build/experiment/$(RUN)
+R := results/$(RUN)
+SS ?= $(VENV)/bin/safesample
+Q := -q
+
+ARMS := none $(foreach b,$(BUDGETS),$(foreach s,$(RANDOM_SEEDS),random-b$(b)-s$(s)) \
+          $(foreach st,$(STRATEGIES),$(foreach s,$(SEEDS),$(st)-b$(b)-s$(s))))
+BASE := $(if $(filter none,$(ALIGN)),$(MODEL),$(W)/models/aligned/merged)
+
+# fields of an arm name: <strategy>-b<budget>-s<seed>
+strategy = $(word 1,$(subst -, ,$(1)))
+budget = $(patsubst b%,%,$(word 2,$(subst -, ,$(1))))
+seed = $(patsubst s%,%,$(word 3,$(subst -, ,$(1))))
+
+.PHONY: experiment experiment-data experiment-clean
+.SECONDARY:
+
+experiment: $(R)/summary.md
+
+experiment-data: $(W)/data/eval.parquet
+
+$(W)/data/eval.parquet: experiments/prepare.py
+	$(PY) experiments/prepare.py --shared $(SHARED) --out $(W)/data --pool-n $(POOL_N) \
+	  --align-from $(POOL_N) --align-n $(ALIGN_N) --benign-n $(BENIGN_N) \
+	  --harmful-n $(HARMFUL_N) --safe-n $(SAFE_N) --helpful-n $(HELPFUL_N)
+
+# --- the safety pool: behavior labels, embeddings, harm categories, clusters ----------------
+$(W)/pool.clustered.parquet: $(W)/data/eval.parquet
+	$(SS) label $(W)/data/pool.parquet --all-harmful --safe-responses $(Q) -o - \
+	  | $(SS) embed - $(Q) -o - \
+	  | $(SS) cluster - --reference $(W)/data/refs.parquet --reference-col category_coarse $(Q) -o $@
+
+$(W)/picked/%.parquet: $(W)/pool.clustered.parquet
+	mkdir -p $(@D) $(R)/selection
+	$(SS) select $< --strategy $(call strategy,$*) --budget $(call budget,$*) --seed $(call seed,$*) \
+	  --exclude $(W)/data/eval.parquet --report $(R)/selection/$*.json $(Q) -o $@
+
+# --- stage 1: align the base model once ------------------------------------------------------
+$(W)/models/aligned/merged/config.json: $(W)/data/eval.parquet
+	mkdir -p $(W)/train $(W)/models
+	$(SS) mix $(W)/data/align_benign.parquet $(W)/data/align_safety.parquet $(Q) -o $(W)/train/align.parquet
+	$(SS) finetune $(W)/train/align.parquet --model $(MODEL) $(ALIGN_ARGS) --merge -o $(W)/models/aligned
+
+$(W)/models/aligned/merged: $(W)/models/aligned/merged/config.json
+
+# --- stage 2: one arm per (strategy, budget, seed) --------------------------------------------
+# the benign-only arm trains on the benign table as it is (finetune shuffles)
+$(W)/train/none.parquet: $(W)/data/eval.parquet
+	mkdir -p $(@D)
+	cp $(W)/data/benign.parquet $@
+
+$(W)/train/%.parquet: $(W)/picked/%.parquet
+	mkdir -p $(@D)
+	$(SS) mix $(W)/data/benign.parquet $< --seed $(call seed,$*) --safety-budget $(call budget,$*) $(Q) -o $@
+
+$(W)/models/%/safesample_config.json: $(W)/train/%.parquet $(if $(filter none,$(ALIGN)),,$(W)/models/aligned/merged/config.json)
+	mkdir -p $(W)/models
+	$(SS) finetune $< --model $(BASE) $(ARM_ARGS) --seed $(call seed,$*) -o $(W)/models/$*
+
+$(R)/judged/%.parquet: $(W)/models/%/safesample_config.json
+	mkdir -p $(@D)
+	$(SS) judge $(W)/data/eval.parquet --model $(W)/models/$* $(JUDGE_ARGS) --summary $(R)/judged/$*.json $(Q) -o $@
+
+# the aligned model before any stage-2 fine-tuning: where refusals start from
+$(R)/judged/aligned.parquet: $(if $(filter none,$(ALIGN)),,$(W)/models/aligned/merged/config.json)
+	mkdir -p $(@D)
+	$(SS) judge $(W)/data/eval.parquet --model $(BASE) $(JUDGE_ARGS) --summary $(R)/judged/aligned.json $(Q) -o $@
+
+$(R)/summary.md: $(R)/judged/aligned.parquet $(foreach a,$(ARMS),$(R)/judged/$(a).parquet) experiments/summarize.py
+	$(PY) experiments/summarize.py $(R)/judged --out $(R) \
+	  --command "make experiment RUN=$(RUN) BUDGETS='$(BUDGETS)' RANDOM_SEEDS='$(RANDOM_SEEDS)' STRATEGIES='$(STRATEGIES)' SEEDS='$(SEEDS)' MODEL=$(MODEL)"
+
+experiment-clean:
+	rm -rf $(W) $(R)/judged

@@ -1,0 +1,78 @@
+"""Cut the shared datasets into the tables one experiment run needs (data preparation only).
+
+Every step after this one is a `safesample` command in experiments/experiment.mk. The cuts:
+- pool.parquet          the safety pool the strategies select from (safety_tuned_llamas rows
+                        [0, POOL_N)), harmful requests with safe responses;
+- align_safety.parquet  safety rows the selection never sees (rows [ALIGN_FROM, ALIGN_FROM+ALIGN_N)),
+                        used once to align the base model (stage 1);
+- align_benign.parquet  short gpteacher tasks answered normally, mixed into stage 1 so the aligned
+                        model does not refuse everything;
+- benign.parquet        the benign fine-tuning set of every arm (alpaca_gpt4_demo);
+- refs.parquet          labelled reference prompts (do_not_answer + HarmBench val) that give
+                        the pool its harm categories (`category_coarse`);
+- eval.parquet          evaluation prompts: harmful (HarmBench test without context, not copyright,
+                        + the MaliciousInstructions subset), XSTest safe look-alikes, and Alpaca-Eval
+                        tasks for helpfulness; `label` is harmful / safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+
+def load(shared: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(shared / name / f"{name}.parquet")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", type=Path, required=True, help="the shared/data folder")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--pool-n", type=int, default=1500)
+    ap.add_argument("--align-from", type=int, default=1500)
+    ap.add_argument("--align-n", type=int, default=300)
+    ap.add_argument("--benign-n", type=int, default=400)
+    ap.add_argument("--harmful-n", type=int, default=160)
+    ap.add_argument("--safe-n", type=int, default=60)
+    ap.add_argument("--helpful-n", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    pool = load(a.shared, "safety_tuned_llamas")
+    pool.iloc[: a.pool_n].to_parquet(a.out / "pool.parquet", index=False)
+    pool.iloc[a.align_from: a.align_from + a.align_n].to_parquet(a.out / "align_safety.parquet", index=False)
+
+    teacher = load(a.shared, "gpteacher")
+    short = teacher[teacher["output"].str.len() < 800]
+    short.sample(n=a.align_n, random_state=a.seed).to_parquet(a.out / "align_benign.parquet", index=False)
+    load(a.shared, "alpaca_gpt4_demo").iloc[: a.benign_n].to_parquet(a.out / "benign.parquet", index=False)
+
+    dna = load(a.shared, "do_not_answer")[["id", "instruction", "category_coarse"]]
+    hb = load(a.shared, "harmbench")
+    hb_val = hb[hb["split"] == "val"].rename(columns={"prompt": "instruction"})[["id", "instruction", "category_coarse"]]
+    pd.concat([dna, hb_val]).to_parquet(a.out / "refs.parquet", index=False)
+
+    hb_test = hb[(hb["split"] == "test") & hb["context"].isna() & (hb["category_coarse"] != "copyright")]
+    harmful = pd.concat([
+        hb_test.assign(category=hb_test["category_coarse"]),
+        load(a.shared, "safety_tuned_llamas_eval").query("subset == 'I-MaliciousInstructions'")
+        .assign(category="malicious_instructions"),
+    ])
+    harmful = harmful.sample(n=min(a.harmful_n, len(harmful)), random_state=a.seed).assign(label="harmful")
+    xs = load(a.shared, "xstest").query("label == 'safe'")
+    safe = xs.sample(n=min(a.safe_n, len(xs)), random_state=a.seed).assign(category="xstest_safe", label="safe")
+    alp = load(a.shared, "alpaca_eval").query("input == ''")
+    helpful = alp.sample(n=a.helpful_n, random_state=a.seed).rename(columns={"instruction": "prompt"}) \
+        .assign(category="alpaca_eval", label="safe")
+    cols = ["id", "prompt", "category", "label", "source"]
+    pd.concat([harmful[cols], safe[cols], helpful[cols]]).to_parquet(a.out / "eval.parquet", index=False)
+    print(f"prepared {a.out}: pool {a.pool_n}, align {a.align_n}+{a.align_n}, benign {a.benign_n}, "
+          f"eval {len(harmful)} harmful + {len(safe)} safe + {len(helpful)} helpful")
+
+
+if __name__ == "__main__":
+    main()

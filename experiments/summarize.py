@@ -1,0 +1,174 @@
+"""Summarise an experiment run: one judged table per arm -> summary.md, summary.json, plots.
+
+Arms are read from `<judged>/<strategy>-b<budget>-s<seed>.parquet` (and `none.parquet`, the
+benign-only arm). Metrics per arm, on the `refusal` column that `safesample judge` writes:
+- harmful refused: refusal rate on prompts labelled harmful (higher is safer);
+- safe refused: refusal rate on XSTest safe look-alikes (over-refusal, lower is better);
+- helpful refused: refusal rate on Alpaca-Eval tasks (lower is better).
+Strategies are reported as mean and spread (min-max) over seeds, and compared with the random
+arms paired on the same prompts (exact McNemar test on the harmful prompts), because one prompt
+is worth less than a point and seeds differ by several.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ARM = re.compile(r"^(?P<strategy>[a-z_]+)-b(?P<budget>\d+)-s(?P<seed>\d+)$")
+GROUPS = {"harmful refused": lambda d: d["label"] == "harmful",
+          "safe refused (XSTest)": lambda d: d["category"] == "xstest_safe",
+          "helpful refused (AlpacaEval)": lambda d: d["category"] == "alpaca_eval"}
+
+
+def load_arms(folder: Path) -> dict[tuple[str, int, int], pd.DataFrame]:
+    arms = {}
+    for path in sorted(folder.glob("*.parquet")):
+        if path.stem == "none":
+            key = ("none", 0, 0)
+        elif path.stem == "aligned":
+            key = ("aligned", 0, 0)
+        elif m := ARM.match(path.stem):
+            key = (m["strategy"], int(m["budget"]), int(m["seed"]))
+        else:
+            continue
+        df = pd.read_parquet(path, columns=["id", "category", "label", "refusal"])
+        df["refusal"] = df["refusal"].astype("boolean").fillna(False).astype(bool)
+        arms[key] = df.set_index("id")
+    return arms
+
+
+def mcnemar(a: pd.Series, b: pd.Series) -> tuple[int, int, float]:
+    """Discordant pairs (a refused only, b refused only) and the exact two-sided p-value."""
+    from scipy.stats import binomtest
+
+    only_a = int((a & ~b).sum())
+    only_b = int((~a & b).sum())
+    n = only_a + only_b
+    p = binomtest(only_a, n, 0.5).pvalue if n else 1.0
+    return only_a, only_b, float(p)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("judged", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--command", default="make experiment")
+    a = ap.parse_args()
+    arms = load_arms(a.judged)
+    if not arms:
+        raise SystemExit(f"no judged arms in {a.judged}")
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    per_arm = {}
+    for key, df in arms.items():
+        per_arm[key] = {name: float(df.loc[sel(df), "refusal"].mean()) for name, sel in GROUPS.items()}
+        per_arm[key]["n_harmful"] = int((df["label"] == "harmful").sum())
+
+    grouped: dict[tuple[str, int], list] = defaultdict(list)
+    for (strategy, budget, seed), metrics in per_arm.items():
+        grouped[(strategy, budget)].append(metrics)
+    rows = []
+    for (strategy, budget), runs in sorted(grouped.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        row = {"strategy": strategy, "budget": budget, "seeds": len(runs)}
+        for name in GROUPS:
+            vals = np.array([r[name] for r in runs])
+            row[name] = {"mean": float(vals.mean()), "min": float(vals.min()), "max": float(vals.max())}
+        rows.append(row)
+
+    # Paired comparisons on the harmful prompts: each strategy arm against each random arm.
+    tests = []
+    for (strategy, budget, seed), df in arms.items():
+        if strategy in ("none", "random", "aligned"):
+            continue
+        harmful = df["label"] == "harmful"
+        for (s2, b2, seed2), base in arms.items():
+            if s2 == "random" and b2 == budget:
+                joined = df.loc[harmful, "refusal"].align(base["refusal"], join="inner")
+                only_a, only_b, p = mcnemar(*joined)
+                tests.append({"arm": f"{strategy}-b{budget}-s{seed}", "vs": f"random-b{b2}-s{seed2}",
+                              "refused_only_by_arm": only_a, "refused_only_by_random": only_b, "p": p})
+
+    summary = {"command": a.command, "table": rows, "mcnemar_vs_random": tests,
+               "arms": {f"{k[0]}-b{k[1]}-s{k[2]}": v for k, v in per_arm.items()}}
+    (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (a.out / "summary.md").write_text(markdown(rows, tests, a.command))
+    plots(rows, arms, a.out)
+    print((a.out / "summary.md").read_text())
+
+
+def fmt(cell: dict) -> str:
+    if cell["min"] == cell["max"]:
+        return f"{100 * cell['mean']:.1f} %"
+    return f"{100 * cell['mean']:.1f} % ({100 * cell['min']:.1f}–{100 * cell['max']:.1f})"
+
+
+def markdown(rows: list[dict], tests: list[dict], command: str) -> str:
+    lines = [f"Produced by `{command}`. Mean over seeds, (min–max) when there are several.", "",
+             "| strategy | budget | seeds | " + " | ".join(GROUPS) + " |",
+             "|---|---|---|" + "---|" * len(GROUPS)]
+    for r in rows:
+        lines.append(f"| {r['strategy']} | {r['budget']} | {r['seeds']} | "
+                     + " | ".join(fmt(r[g]) for g in GROUPS) + " |")
+    if tests:
+        lines += ["", "Paired on the harmful prompts (exact McNemar): prompts refused only by the arm vs "
+                  "only by the random arm.", "", "| arm | vs | only arm | only random | p |",
+                  "|---|---|---|---|---|"]
+        for t in tests:
+            lines.append(f"| {t['arm']} | {t['vs']} | {t['refused_only_by_arm']} | "
+                         f"{t['refused_only_by_random']} | {t['p']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], arms: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    baseline = next((r for r in rows if r["strategy"] == "none"), None)
+    for ax, metric in zip(axes, ["harmful refused", "safe refused (XSTest)"]):
+        for strategy in sorted({r["strategy"] for r in rows} - {"none", "aligned"}):
+            pts = sorted((r["budget"], r[metric]) for r in rows if r["strategy"] == strategy)
+            xs = [p[0] for p in pts]
+            mean = np.array([p[1]["mean"] for p in pts]) * 100
+            err = np.array([[p[1]["mean"] - p[1]["min"], p[1]["max"] - p[1]["mean"]] for p in pts]).T * 100
+            ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=strategy)
+        if baseline:
+            ax.axhline(baseline[metric]["mean"] * 100, color="grey", ls="--", label="benign only")
+        ax.set_xlabel("safety rows in the fine-tuning mix")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_title(metric)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "refusal_vs_budget.png", dpi=110)
+    plt.close(fig)
+
+    # Per-category refusal on harmful prompts at the largest budget, mean over seeds per strategy.
+    top = max((k[1] for k in arms if k[0] not in ("none", "aligned")), default=None)
+    if top is None:
+        return
+    series = {}
+    for (strategy, budget, seed), df in arms.items():
+        if budget == top or strategy == "none":
+            h = df[df["label"] == "harmful"]
+            series.setdefault(strategy, []).append(h.groupby("category")["refusal"].mean())
+    table = pd.DataFrame({s: pd.concat(v, axis=1).mean(axis=1) for s, v in series.items()}) * 100
+    ax = table.plot.bar(figsize=(10, 4), rot=30)
+    ax.set_ylabel("harmful prompts refused (%)")
+    ax.set_title(f"per category, budget {top}")
+    plt.setp(ax.get_xticklabels(), ha="right")
+    plt.tight_layout()
+    plt.savefig(out / "per_category.png", dpi=110)
+    plt.close()
+
+
+if __name__ == "__main__":
+    main()
