@@ -283,36 +283,55 @@ def choose_algorithm(requested: str) -> str:
 
 
 def kmeans_centroids(vectors: "np.ndarray", k: int, algorithm: str, seed: int) -> "np.ndarray":
-    """k centroids of `vectors` (float32, C-contiguous), deterministic for a seed."""
+    """k centroids of `vectors` (float32, C-contiguous), deterministic for a seed.
+
+    Both algorithms start from k-means++ seeds drawn on a sample (random seeds often merge two
+    true clusters and split a third; k-means++ over all rows would cost more than the k-means).
+    """
     import numpy as np
 
     if k == 1:
         return vectors.mean(axis=0, keepdims=True).astype(np.float32)
+    if k >= len(vectors):  # one cluster per row; k-means could leave some empty
+        return np.array(vectors, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    init = _kmeans_plusplus(_sample(vectors, max(4096, 40 * k), rng), k, seed)
     if algorithm == "faiss":
         import faiss
-        from sklearn.cluster import kmeans_plusplus
 
-        # faiss trains on a sample of 256 rows per centroid (what makes a million rows fast);
-        # k-means++ seeds on that sample, because faiss' random init often merges two true
-        # clusters and splits a third.
-        rng = np.random.default_rng(seed)
-        n_train = min(len(vectors), 256 * k)
-        sample = vectors if n_train == len(vectors) else vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))]
-        sample = np.ascontiguousarray(sample, dtype=np.float32)
-        init, _ = kmeans_plusplus(sample, k, random_state=seed)
+        # faiss trains on 256 rows per centroid, which is what makes a million rows fast;
         # min_points_per_centroid=1: small groups are fine here, and faiss would warn on them.
         km = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=seed, verbose=False,
                           min_points_per_centroid=1, max_points_per_centroid=256)
-        km.train(sample, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+        km.train(_sample(vectors, 256 * k, rng), init_centroids=init)
         return np.asarray(km.centroids, dtype=np.float32)
     from sklearn.cluster import MiniBatchKMeans
 
     with warnings.catch_warnings():
         # Fewer distinct points than k (duplicates) is fine: some clusters stay empty.
         warnings.simplefilter("ignore")
-        km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048)
+        km = MiniBatchKMeans(n_clusters=k, init=init, n_init=1, batch_size=4096, random_state=seed)
         km.fit(vectors)
     return km.cluster_centers_.astype(np.float32)
+
+
+def _sample(vectors: "np.ndarray", size: int, rng) -> "np.ndarray":
+    import numpy as np
+
+    if size >= len(vectors):
+        return vectors
+    return np.ascontiguousarray(vectors[np.sort(rng.choice(len(vectors), size, replace=False))])
+
+
+def _kmeans_plusplus(sample: "np.ndarray", k: int, seed: int) -> "np.ndarray":
+    import numpy as np
+    from sklearn.cluster import kmeans_plusplus
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # float64: on float32 input sklearn computes the distances in slow upcast chunks (~12x).
+        init, _ = kmeans_plusplus(sample.astype(np.float64), k, random_state=seed)
+    return np.ascontiguousarray(init, dtype=np.float32)
 
 
 def nearest_centroid(vectors: "np.ndarray", centroids: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
@@ -387,11 +406,13 @@ def cluster_vectors(vectors: "np.ndarray", groups: list | None, k: int | None, a
 
 
 def add_clusters(table: "pa.Table", cluster: "np.ndarray", distance: "np.ndarray", size: "np.ndarray") -> "pa.Table":
-    import pyarrow as pa
+    import numpy as np
 
-    table = _put(table, "cluster", pa.array(cluster, pa.int64()))
-    table = _put(table, "cluster_distance", pa.array(distance, pa.float32()))
-    return _put(table, "cluster_size", pa.array(size, pa.int64()))
+    from safesample.embed import numpy_to_arrow
+
+    table = _put(table, "cluster", numpy_to_arrow(cluster.astype(np.int64, copy=False)))
+    table = _put(table, "cluster_distance", numpy_to_arrow(distance.astype(np.float32, copy=False)))
+    return _put(table, "cluster_size", numpy_to_arrow(size.astype(np.int64, copy=False)))
 
 
 def group_keys(table: "pa.Table", column: str, command: str = "cluster") -> list:

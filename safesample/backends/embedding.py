@@ -306,11 +306,13 @@ class OnnxEncoder:
 
         batch_size = batch_size or self.batch_size
         out = np.empty((len(texts), self.dim), np.float32)
+        # Batches of similar lengths: less padding, and int8 activation scales are computed per
+        # batch, so a short text next to a 256-token one loses precision.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start:start + batch_size])
-            if self.layout.lowercase:
-                chunk = [t.lower() for t in chunk]
-            out[start:start + len(chunk)] = self._batch(chunk)
+            rows = order[start:start + batch_size]
+            chunk = [texts[i].lower() if self.layout.lowercase else texts[i] for i in rows]
+            out[rows] = self._batch(chunk)
         return out
 
     def _batch(self, texts: list[str]) -> "np.ndarray":
