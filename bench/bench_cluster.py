@@ -39,9 +39,12 @@ def vectors(n: int, dim: int, seed: int, start: int = 0, centres: int = 100) -> 
     return x
 
 
-def write_pool(path: Path, n: int, dim: int, seed: int, chunk: int = 100_000) -> None:
+def write_pool(path: Path, n: int, dim: int, seed: int, chunk: int = 65_536) -> None:
+    """Written chunk by chunk (little memory here) in the layout `safesample embed` writes
+    (safesample.tables: vectors plain, other columns zstd, 65,536-row groups)."""
     schema = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(path, schema, compression={"id": "zstd", "embedding": "none"},
+                          use_dictionary=["id"]) as writer:
         for lo in range(0, n, chunk):
             x = vectors(min(chunk, n - lo), dim, seed, lo)
             emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)

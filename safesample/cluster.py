@@ -67,27 +67,30 @@ def embedding_matrix(table: "pa.Table", column: str = "embedding", name: str = "
         raise DataError(f"{name} has {col.null_count} rows without an embedding (first: id "
                         f"{first_id(pc.is_null(col))!r})",
                         "re-run `safesample embed` on the whole table")
-    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    n = len(arr)
-    if pa.types.is_fixed_size_list(arr.type):
-        dim = arr.type.list_size
+    n = len(col)
+    if pa.types.is_fixed_size_list(col.type):
+        dim = col.type.list_size
     else:
-        lengths = pc.list_value_length(arr)
+        lengths = pc.list_value_length(col)
         lo, hi = pc.min_max(lengths).values() if n else (pa.scalar(0), pa.scalar(0))
         if lo.as_py() != hi.as_py():
             raise DataError(f"{name} has embeddings of mixed dimensions ({lo.as_py()} to {hi.as_py()})",
                             "embed every row with the same model: re-run `safesample embed` on the "
                             "whole table")
         dim = lo.as_py() or 0
-    flat = arr.flatten()
-    if pa.types.is_floating(flat.type) and flat.type != pa.float32():
-        flat = flat.cast(pa.float32())
-    matrix = flat.to_numpy(zero_copy_only=False).reshape(n, dim)
-    if matrix.dtype != np.float32:
-        matrix = matrix.astype(np.float32)
     if n and dim == 0:
         raise DataError(f"{name} has empty embedding vectors", "re-run `safesample embed`")
-    finite = np.isfinite(matrix).all(axis=1)
+    if col.num_chunks == 1 and col.type.value_type == pa.float32():
+        matrix = col.chunk(0).flatten().to_numpy(zero_copy_only=False).reshape(n, dim)  # zero-copy
+    else:  # one copy, chunk by chunk (no combined Arrow array on the way)
+        matrix = np.empty((n, dim), np.float32)
+        lo = 0
+        for chunk in col.chunks:
+            values = chunk.flatten().to_numpy(zero_copy_only=False)
+            matrix[lo:lo + len(chunk)] = values.reshape(len(chunk), dim)
+            lo += len(chunk)
+    # A row sum is finite only if every value is (no n x d boolean temporary at 1M rows).
+    finite = np.isfinite(matrix.sum(axis=1, dtype=np.float64))
     if not finite.all():
         bad = np.flatnonzero(~finite)
         where = f" (first: id {ids[int(bad[0])].as_py()!r})" if ids is not None else ""
@@ -389,7 +392,7 @@ def cluster_vectors(vectors: "np.ndarray", groups: list | None, k: int | None, a
         k_group = auto_k(len(rows)) if k is None else min(k, len(rows))
         if k is not None and k > len(rows):
             report.capped.append(key)
-        sub = vectors[rows]
+        sub = vectors if len(rows) == n else vectors[rows]  # all rows: no 1.5 GB copy at 1M x 384
         centroids = kmeans_centroids(sub, k_group, algorithm, seed)
         labels, dist = nearest_centroid(sub, centroids)
         # Renumber to consecutive ids: k-means may leave a centroid without rows.
