@@ -120,7 +120,7 @@ def main() -> None:
         got = np.array(pq.read_table(tmp / "out.parquet").column("embedding").to_pylist(), dtype=np.float32)
         again = np.array(pq.read_table(tmp / "again.parquet").column("embedding").to_pylist(), dtype=np.float32)
         assert np.array_equal(got, again), "the rerun must return the cached vectors"
-        assert f"{n} from the cache" in " ".join(rerun_log.split()) or "from the cache, 0 computed" in rerun_log
+        assert "from the cache, 0 computed" in " ".join(rerun_log.split()), rerun_log
         cosine = (got * reference).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
         print(f"safesample embed CLI, end to end, empty cache: {n / first_s:7.1f} rows/s ({first_s:.1f} s, with "
               f"start-up, read, model load, write) -> {theirs_s / first_s:.2f}x encode-only "

@@ -178,7 +178,7 @@ def test_k_larger_than_rows_and_bad_k_values():
     assert [cluster.auto_k(n) for n in (1, 2, 50, 2483, 10**6)] == [1, 1, 5, 35, 100]
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(n=st.integers(1, 60), k=st.integers(1, 8), dup=st.booleans(), seed=st.integers(0, 3))
 def test_cluster_output_is_consistent_for_any_input(n: int, k: int, dup: bool, seed: int):
     rng = np.random.default_rng(seed)
@@ -221,6 +221,40 @@ def test_cli_clusters_a_table_within_category(pool_file: Path, tmp_path: Path):
     entry = get_provenance(table)[-1]
     assert entry["command"] == "cluster" and entry["seed"] == 1 and entry["args"]["within"] == "category"
     assert "clusters: 4 within 2 groups" in " ".join(proc.stderr.split())
+
+
+def test_cli_assigns_categories_from_an_embedded_reference(tmp_path: Path):
+    ref_vectors, ref_truth, _ = planted(n_per=10, k=3, dim=16, noise=0.2, seed=5)
+    names = np.array(["crime", "hate", "privacy"])
+    ref = tmp_path / "ref.parquet"
+    pq.write_table(emb_table(ref_vectors, category_coarse=names[ref_truth].tolist()), ref)
+    pool_vectors, truth, _ = planted(n_per=8, k=3, dim=16, noise=0.1, seed=5)
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(emb_table(pool_vectors, category=pa.nulls(24)), pool)
+    out = tmp_path / "out.parquet"
+    proc = cli("cluster", str(pool), "--reference", str(ref), "--no-clusters", "-o", str(out),
+               env={"SAFESAMPLE_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "its own embeddings" in proc.stderr and "24 rows assigned from the reference" in proc.stderr
+    table = pq.read_table(out)
+    assert table.column("category").to_pylist() == names[truth].tolist()
+    assert table.column_names == ["id", "category", "embedding", "category_score", "categories"]
+    assert get_provenance(table)[-1]["inputs"] == [str(pool), str(ref)]
+
+
+def test_reference_text_follows_the_pool_then_instruction_then_prompt():
+    from safesample.cli.cluster import _reference_spec
+    from safesample.embed import TextSpec
+
+    pair = TextSpec(template="{instruction}\n{response}")
+    both = pa.table({"instruction": ["a"], "response": ["b"], "prompt": ["c"]})
+    assert _reference_spec(both, None, pair) == pair  # embedded like the pool
+    assert _reference_spec(both.drop_columns(["response"]), None, pair).text == "instruction"
+    assert _reference_spec(pa.table({"prompt": ["c"]}), None, pair).text == "prompt"  # e.g. harmbench
+    assert _reference_spec(both, "response", pair).text == "response"
+    with pytest.raises(DataError, match="no text column") as exc:
+        _reference_spec(pa.table({"goal": ["c"]}), None, None)
+    assert "--reference-text" in exc.value.hint
 
 
 def test_cli_dry_run_writes_nothing(pool_file: Path, tmp_path: Path):

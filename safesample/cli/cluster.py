@@ -88,6 +88,11 @@ def command(input: Input, output: Output = "-", reference: Reference = None, ref
         raise UsageError(f"--k {k_value} asks for more clusters than the input has rows ({len(vectors)})",
                          "pass a smaller --k, or --k auto")
 
+    if within and not no_clusters and not (within == "category" and reference is not None):
+        from safesample.schema import require
+
+        require(table, [within], NAME)  # before any reference is embedded
+
     models: dict[str, str] = {}
     ref = None
     if reference is not None:
