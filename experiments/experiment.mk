@@ -92,7 +92,7 @@ $(W)/train/%.parquet: $(W)/picked/%.parquet
 
 $(W)/models/%/safesample_config.json: $(W)/train/%.parquet $(if $(filter none,$(ALIGN)),,$(W)/models/aligned/merged/config.json)
 	mkdir -p $(W)/models
-	$(SS) finetune $< --model $(BASE) $(ARM_ARGS) --seed $(call seed,$*) -o $(W)/models/$*
+	$(SS) finetune $< --model $(BASE) $(ARM_ARGS) --seed $(or $(call seed,$*),0) -o $(W)/models/$*
 
 $(R)/judged/%.parquet: $(W)/models/%/safesample_config.json
 	mkdir -p $(@D)

@@ -19,6 +19,10 @@ QUIET, NORMAL, VERBOSE = 0, 1, 2
 
 # rich honours NO_COLOR itself; stderr=True keeps every log line off the data stream.
 console = Console(stderr=True, highlight=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # In logs and pipes rich assumes 80 columns and elides table cells to "0.…"; nothing wraps
+    # a log file, so give summary tables room.
+    console.width = 160
 _verbosity = NORMAL
 _data_fd: int | None = None  # the real stdout, once protected
 
