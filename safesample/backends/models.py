@@ -135,18 +135,24 @@ def load_tokenizer(ref: ModelRef, padding_side: str = "left"):
     return tok
 
 
+def device_and_dtype(device: str | None, dtype: str):
+    """CUDA when there is one; `auto` dtype is bf16 on a GPU that has it, fp32 elsewhere."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        on_bf16_gpu = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        return device, torch.bfloat16 if on_bf16_gpu else torch.float32
+    return device, getattr(torch, dtype)
+
+
 def load_causal_lm(ref: ModelRef, dtype: str = "auto", device: str | None = None, trainable: bool = False):
     """Load the base model (dequantising GGUF to fp32), then the adapter if the ref has one."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() \
-            else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
+    device, torch_dtype = device_and_dtype(device, dtype)
     gguf_ref, ref = ref, _cached_copy(ref) or ref
     try:
         # A GGUF file dequantises to fp32; that is also the precision its cached copy keeps.

@@ -135,7 +135,6 @@ def _pick_label(config, label: str | None) -> int | None:
 def load_reward_model(spec: str, *, batch_size: int = 16, max_length: int = 1024,
                       label: str | None = None, dtype: str = "auto", device: str | None = None) -> RewardModel:
     """Load a sequence classifier (a local folder or a hub id) as a RewardModel."""
-    import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(spec).expanduser()
@@ -157,13 +156,9 @@ def load_reward_model(spec: str, *, batch_size: int = 16, max_length: int = 1024
         raise ModelError(f"{spec!r} is not a sequence-classification model (it is {', '.join(archs)})",
                          "a reward model has a classification head; a causal LM would be scored by a "
                          "random head")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() \
-            else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
+    from safesample.backends.models import device_and_dtype
+
+    device, torch_dtype = device_and_dtype(device, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForSequenceClassification.from_pretrained(where, dtype=torch_dtype, **kwargs)
