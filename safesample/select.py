@@ -575,7 +575,6 @@ def plan_selection(table: "pa.Table", strategy: str, *, behavior: dict[str, floa
                    keep_harmful: bool = False, exclusions: Exclusions | None = None,
                    warn: Warn = lambda message: None) -> Plan:
     """Validate the columns, apply the row exclusions and group the candidates (no picking)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     from safesample.schema import kind_of, require

@@ -279,7 +279,6 @@ class OnnxEncoder:
 
     def __init__(self, model: EmbeddingModel, batch_size: int = DEFAULT_BATCH_SIZE):
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         layout = _layout(Path(model.path))
         if isinstance(layout, str):
