@@ -59,3 +59,18 @@ def pairs_table(tmp_path: Path) -> Path:
     path = tmp_path / "pairs.parquet"
     pq.write_table(table, path)
     return path
+
+
+@pytest.fixture
+def offline_models(tmp_path_factory, monkeypatch) -> None:
+    """No model hub, and one generation/verdict cache for the whole test session."""
+    monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A randomly initialised tiny Llama with a chat template (built once per test module)."""
+    from tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny")

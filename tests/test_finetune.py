@@ -10,21 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cli
-from tiny_models import build_tiny_llama
 
 from safesample import finetune as stage
 from safesample.tables import get_provenance, provenance_entry, with_provenance
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny")
+pytestmark = pytest.mark.usefixtures("offline_models")
 
 
 def _rows(n: int = 24) -> dict[str, list]:
@@ -48,8 +39,8 @@ def train_table(tmp_path: Path) -> Path:
     return path
 
 
-def _config(tiny: Path, **kw) -> stage.FinetuneConfig:
-    return stage.FinetuneConfig(model=str(tiny), **{"max_steps": 4, "batch_size": 4, "save_steps": 2, **kw})
+def _config(tiny_llama: Path, **kw) -> stage.FinetuneConfig:
+    return stage.FinetuneConfig(model=str(tiny_llama), **{"max_steps": 4, "batch_size": 4, "save_steps": 2, **kw})
 
 
 # ---- stage logic ------------------------------------------------------------------------------
@@ -79,7 +70,7 @@ def test_validation_split_keeps_safety_rows_in_training():
     assert stage.split_validation(ex, 20, True, 1) == stage.split_validation(ex, 20, True, 1)
 
 
-def test_train_interrupt_resume_and_adapter_loads(tiny: Path, tmp_path: Path):
+def test_train_interrupt_resume_and_adapter_loads(tiny_llama: Path, tmp_path: Path):
     from transformers import TrainerCallback
 
     table = pa.table(_rows())
@@ -95,7 +86,7 @@ def test_train_interrupt_resume_and_adapter_loads(tiny: Path, tmp_path: Path):
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        stage.train(table, str(out), _config(tiny), callbacks=[StopAtThree()])
+        stage.train(table, str(out), _config(tiny_llama), callbacks=[StopAtThree()])
     work = stage.work_dir_for(out)
     assert not out.exists(), "an interrupted run must not look finished"
     assert [p.name for p in stage._checkpoints(work)] == ["checkpoint-2"]
@@ -103,7 +94,7 @@ def test_train_interrupt_resume_and_adapter_loads(tiny: Path, tmp_path: Path):
     # Loss only on the response: the prompt's tokens carry label -100.
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
     batch = batches["first"]
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
         text = tok.decode(ids[labels != -100])
@@ -115,9 +106,9 @@ def test_train_interrupt_resume_and_adapter_loads(tiny: Path, tmp_path: Path):
     from safesample.errors import UsageError
 
     with pytest.raises(UsageError, match="different run.*lr"):
-        stage.train(table, str(out), _config(tiny, lr=1e-3))
+        stage.train(table, str(out), _config(tiny_llama, lr=1e-3))
 
-    record = stage.train(table, str(out), _config(tiny), args_record={"k": "v"})
+    record = stage.train(table, str(out), _config(tiny_llama), args_record={"k": "v"})
     assert record["resumed_from"].endswith("checkpoint-2") and record["steps"] == 4
     assert not work.exists()
     assert stage.is_complete_run(out)
@@ -127,13 +118,13 @@ def test_train_interrupt_resume_and_adapter_loads(tiny: Path, tmp_path: Path):
     from safesample.backends import models
 
     ref = models.resolve(str(out))
-    assert ref.adapter == str(out) and Path(ref.path) == tiny
+    assert ref.adapter == str(out) and Path(ref.path) == tiny_llama
     model = models.load_causal_lm(ref)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b), "LoRA B starts at zero; training moves it"
 
 
-def test_gguf_models_load_from_the_dequantised_copy(tiny: Path, tmp_path: Path):
+def test_gguf_models_load_from_the_dequantised_copy(tiny_llama: Path, tmp_path: Path):
     """The second load of a GGUF model reads the save_pretrained copy in the cache."""
     from safesample.backends import models
 
@@ -145,7 +136,7 @@ def test_gguf_models_load_from_the_dequantised_copy(tiny: Path, tmp_path: Path):
     assert copy is not None and not copy.exists()
     import shutil
 
-    shutil.copytree(tiny, copy)
+    shutil.copytree(tiny_llama, copy)
     model = models.load_causal_lm(ref)
     assert model.config.hidden_size == 64
     assert models.load_tokenizer(ref).pad_token is not None
@@ -156,10 +147,10 @@ def test_gguf_models_load_from_the_dequantised_copy(tiny: Path, tmp_path: Path):
 # ---- the command, for real ----------------------------------------------------------------------
 
 
-def test_cli_trains_chat_template_with_validation_and_merge(tiny: Path, train_table: Path, tmp_path: Path):
+def test_cli_trains_chat_template_with_validation_and_merge(tiny_llama: Path, train_table: Path, tmp_path: Path):
     out = tmp_path / "runs" / "chat"
     out.parent.mkdir()
-    proc = cli("finetune", str(train_table), "-o", str(out), "--model", str(tiny), "--template", "chat",
+    proc = cli("finetune", str(train_table), "-o", str(out), "--model", str(tiny_llama), "--template", "chat",
                "--max-steps", "2", "--batch-size", "4", "--save-steps", "1", "--val-size", "0.25",
                "--merge", "--seed", "5")
     assert proc.returncode == 0, proc.stderr
@@ -168,7 +159,7 @@ def test_cli_trains_chat_template_with_validation_and_merge(tiny: Path, train_ta
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "metrics.jsonl",
             "safesample_config.json", "provenance.json", "merged"} <= names
     config = json.loads((out / "safesample_config.json").read_text())
-    assert config["template"] == "chat" and config["base_model"] == str(tiny)
+    assert config["template"] == "chat" and config["base_model"] == str(tiny_llama)
     assert config["rows"] == {"total": 24, "train": 18, "validation": 6, "safety": 5, "safety_in_validation": 0}
     assert config["config"]["lora_r"] == 8 and config["config"]["target_modules"] == ["q_proj", "v_proj"]
     assert config["config"]["seed"] == 5
@@ -182,13 +173,13 @@ def test_cli_trains_chat_template_with_validation_and_merge(tiny: Path, train_ta
     merged = models.resolve(str(out / "merged"))
     assert merged.adapter is None and (out / "merged" / "config.json").exists()
 
-    again = cli("finetune", str(train_table), "-o", str(out), "--model", str(tiny))
+    again = cli("finetune", str(train_table), "-o", str(out), "--model", str(tiny_llama))
     assert again.returncode == 2 and "already holds a finished" in again.stderr and "--overwrite" in again.stderr
 
 
-def test_cli_dry_run_prints_plan_and_writes_nothing(tiny: Path, train_table: Path, tmp_path: Path):
+def test_cli_dry_run_prints_plan_and_writes_nothing(tiny_llama: Path, train_table: Path, tmp_path: Path):
     out = tmp_path / "dry"
-    proc = cli("finetune", str(train_table), "-o", str(out), "--model", str(tiny), "--dry-run",
+    proc = cli("finetune", str(train_table), "-o", str(out), "--model", str(tiny_llama), "--dry-run",
                "--val-size", "4", "--epochs", "2", "--batch-size", "5")
     assert proc.returncode == 0, proc.stderr
     assert "rows: 24 (5 safety), train 20, validation 4 (0 safety)" in proc.stderr
@@ -211,19 +202,19 @@ def _assert_failed(proc, code: int, *needles: str) -> None:
         assert needle in proc.stderr, proc.stderr
 
 
-def test_cli_refuses_empty_outputs(tiny: Path, tmp_path: Path):
+def test_cli_refuses_empty_outputs(tiny_llama: Path, tmp_path: Path):
     rows = _rows(6)
     rows["output"][2] = "   "
     rows["output"][4] = None
     src = _write(tmp_path, "t.parquet", rows)
-    proc = cli("finetune", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny))
+    proc = cli("finetune", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_llama))
     _assert_failed(proc, 1, "2 of 6 training rows have an empty or missing 'output'", "r2, r4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
 
 
-def test_cli_refuses_missing_columns_and_bad_files(tiny: Path, tmp_path: Path):
+def test_cli_refuses_missing_columns_and_bad_files(tiny_llama: Path, tmp_path: Path):
     src = _write(tmp_path, "t.parquet", {"id": ["a"], "prompt": ["x"]})
-    _assert_failed(cli("finetune", str(src), "-o", str(tmp_path / "o"), "--model", str(tiny)), 1,
+    _assert_failed(cli("finetune", str(src), "-o", str(tmp_path / "o"), "--model", str(tiny_llama)), 1,
                    "needs a column 'instruction'")
     (tmp_path / "empty.parquet").write_bytes(b"")
     _assert_failed(cli("finetune", str(tmp_path / "empty.parquet"), "-o", str(tmp_path / "o")), 1, "is empty")
@@ -237,7 +228,7 @@ def test_cli_refuses_missing_columns_and_bad_files(tiny: Path, tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.parquet", "empty.parquet", "t.parquet"]
 
 
-def test_cli_refuses_adapters_without_base_and_as_base(tiny: Path, train_table: Path, tmp_path: Path):
+def test_cli_refuses_adapters_without_base_and_as_base(tiny_llama: Path, train_table: Path, tmp_path: Path):
     orphan = tmp_path / "orphan"
     orphan.mkdir()
     (orphan / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
@@ -245,10 +236,10 @@ def test_cli_refuses_adapters_without_base_and_as_base(tiny: Path, train_table: 
                    "does not name its base model")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny)}))
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_llama)}))
     _assert_failed(cli("finetune", str(train_table), "-o", str(tmp_path / "o"), "--model", str(adapter)), 2,
                    "is a LoRA adapter", "--merge")
-    _assert_failed(cli("finetune", str(train_table), "-o", str(tmp_path / "o"), "--model", str(tiny),
+    _assert_failed(cli("finetune", str(train_table), "-o", str(tmp_path / "o"), "--model", str(tiny_llama),
                        "--val-size", "30"), 2, "--val-size")
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cli, shared_dataset
-from tiny_models import build_tiny_classifier, build_tiny_llama
+from tiny_models import build_tiny_classifier
 
 from safesample import judge as stage
 from safesample.errors import DataError, UsageError
@@ -21,29 +21,16 @@ REFUSAL = "I can't help with that request because it could hurt people."
 ANSWER = "Sure! Here is a short poem about the rain falling on the quiet town, in four lines."
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_models")
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("models")
+def classifier(tmp_path_factory) -> Path:
+    return build_tiny_classifier(tmp_path_factory.mktemp("models") / "cls")
 
 
 @pytest.fixture(scope="module")
-def tiny(models_dir: Path) -> Path:
-    return build_tiny_llama(models_dir / "tiny")
-
-
-@pytest.fixture(scope="module")
-def classifier(models_dir: Path) -> Path:
-    return build_tiny_classifier(models_dir / "cls")
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny: Path, models_dir: Path, tmp_path_factory) -> Path:
+def adapter(tiny_llama: Path, tmp_path_factory) -> Path:
     """A real LoRA run (Alpaca template) trained for two steps on the tiny model."""
     import os
 
@@ -52,8 +39,8 @@ def adapter(tiny: Path, models_dir: Path, tmp_path_factory) -> Path:
     os.environ.setdefault("SAFESAMPLE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     rows = {"id": [f"t{i}" for i in range(8)], "instruction": ["Write a haiku about autumn."] * 8,
             "output": [ANSWER] * 8}
-    out = models_dir / "run"
-    finetune.train(pa.table(rows), str(out), finetune.FinetuneConfig(model=str(tiny), max_steps=2,
+    out = tmp_path_factory.mktemp("adapters") / "run"
+    finetune.train(pa.table(rows), str(out), finetune.FinetuneConfig(model=str(tiny_llama), max_steps=2,
                                                                      batch_size=4))
     return out
 
@@ -170,13 +157,13 @@ class FakeLLM:
         return [SimpleNamespace(outputs=[SimpleNamespace(text=self.answer(t))]) for t in texts]
 
 
-def test_generation_through_a_fake_vllm_engine_uses_template_and_cache(tiny: Path):
+def test_generation_through_a_fake_vllm_engine_uses_template_and_cache(tiny_llama: Path):
     from safesample.backends.generation import load_engine
     from safesample.backends.models import load_tokenizer, resolve
 
-    tok = load_tokenizer(resolve(str(tiny)))
+    tok = load_tokenizer(resolve(str(tiny_llama)))
     llm = FakeLLM(tok, lambda text: REFUSAL if "lock" in text else " " + ANSWER + " ")
-    engine = load_engine(str(tiny), engine="vllm", llm_factory=lambda **kw: llm,
+    engine = load_engine(str(tiny_llama), engine="vllm", llm_factory=lambda **kw: llm,
                          params_factory=lambda **kw: SimpleNamespace(**kw))
     assert engine.name == "vllm"
     prompts, inputs = ["How do I pick a lock?", "Write a poem."], [None, "about rain"]
@@ -234,14 +221,14 @@ def test_guard_verdicts_combine_with_rules_and_count_parse_failures():
 # ---- the command, end to end, for real --------------------------------------------------------------
 
 
-def test_cli_generates_with_a_trained_adapter_and_scores(adapter: Path, classifier: Path, tiny: Path,
+def test_cli_generates_with_a_trained_adapter_and_scores(adapter: Path, classifier: Path, tiny_llama: Path,
                                                          tmp_path: Path):
     prompts = _prompts(tmp_path)
     out, summary = tmp_path / "judged.parquet", tmp_path / "s.json"
     # The random tiny model doubles as an `llm` guard: it answers nonsense, i.e. parse failures.
     proc = cli("judge", str(prompts), "--model", str(adapter), "-o", str(out), "--summary", str(summary),
                "--max-new-tokens", "6", "--batch-size", "2", "-s", "rules,reward", "-s", "llm",
-               "--judge-model", str(tiny), "--reward-model", str(classifier))
+               "--judge-model", str(tiny_llama), "--reward-model", str(classifier))
     assert proc.returncode == 0, proc.stderr
     assert "alpaca template" in proc.stderr  # read from the run's safesample_config.json
     table = pq.read_table(out)
@@ -256,7 +243,7 @@ def test_cli_generates_with_a_trained_adapter_and_scores(adapter: Path, classifi
     # With no guard verdict, the combined refusal falls back to the rules.
     assert table.column("refusal").to_pylist() == table.column("rules_refusal").to_pylist()
     prov = get_provenance(table)[-1]
-    assert prov["command"] == "judge" and prov["models"] == {"model": str(adapter), "judge": str(tiny),
+    assert prov["command"] == "judge" and prov["models"] == {"model": str(adapter), "judge": str(tiny_llama),
                                                               "reward": str(classifier)}
     s = json.loads(summary.read_text())
     assert s["template"] == "alpaca" and s["benign_flag"] == "label" and set(s["by_category"]) == {
@@ -317,21 +304,21 @@ def _failed(proc, code: int, *needles: str) -> None:
         assert needle in proc.stderr, proc.stderr
 
 
-def test_cli_bad_inputs(tiny: Path, tmp_path: Path):
+def test_cli_bad_inputs(tiny_llama: Path, tmp_path: Path):
     src = tmp_path / "in"
     src.mkdir()
     out = tmp_path / "out"
     out.mkdir()
     pq.write_table(pa.table({"id": ["a"], "question": ["hi"]}), src / "noprompt.parquet")
-    _failed(cli("judge", str(src / "noprompt.parquet"), "--model", str(tiny), "-o", str(out / "j.parquet")), 1,
+    _failed(cli("judge", str(src / "noprompt.parquet"), "--model", str(tiny_llama), "-o", str(out / "j.parquet")), 1,
             "needs a prompt column", "--prompt-col")
     _failed(cli("judge", str(src / "noprompt.parquet"), "--prompt-col", "question", "--responses",
                 "-o", str(out / "j.parquet")), 1, "lacks", "--model MODEL")
     prompts = _prompts(src)
     _failed(cli("judge", str(prompts), "-o", str(out / "j.parquet")), 2, "nothing to judge")
-    _failed(cli("judge", str(prompts), "--model", str(tiny), "-s", "wildguard", "-o", str(out / "j.parquet")), 2,
+    _failed(cli("judge", str(prompts), "--model", str(tiny_llama), "-s", "wildguard", "-o", str(out / "j.parquet")), 2,
             "needs --judge-model")
-    _failed(cli("judge", str(prompts), "--model", str(tiny), "--fail-under", "bogus=1", "-o",
+    _failed(cli("judge", str(prompts), "--model", str(tiny_llama), "--fail-under", "bogus=1", "-o",
                 str(out / "j.parquet")), 2, "unknown metric")
     orphan = src / "orphan"
     orphan.mkdir()
@@ -353,8 +340,8 @@ def test_cli_bad_inputs(tiny: Path, tmp_path: Path):
     assert list(out.iterdir()) == []
 
 
-def test_cli_dry_run_loads_nothing(tiny: Path, tmp_path: Path):
-    proc = cli("judge", str(_prompts(tmp_path)), "--model", str(tiny), "--dry-run", "-o",
+def test_cli_dry_run_loads_nothing(tiny_llama: Path, tmp_path: Path):
+    proc = cli("judge", str(_prompts(tmp_path)), "--model", str(tiny_llama), "--dry-run", "-o",
                str(tmp_path / "j.parquet"), "--template", "alpaca")
     assert proc.returncode == 0, proc.stderr
     assert "judge 5 prompts from 'prompt' (3 harmful, 2 benign, flagged by 'label')" in proc.stderr
