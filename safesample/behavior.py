@@ -198,8 +198,9 @@ DISCLAIMER = _rx(
     r"extremely |deeply |generally |strictly )?(?:unethical|illegal|inappropriate|not appropriate|"
     r"not ethical|not legal|against the law|morally wrong|unacceptable|not acceptable|never okay|"
     r"not okay|never acceptable|never justified|not advisable|not recommended|dangerous and illegal|"
-    r"a serious crime|a crime|punishable by law|harmful and|dangerous and|disrespectful|offensive|"
-    r"a harmful stereotype)\b",
+    r"punishable by law|harmful and|dangerous and|disrespectful|offensive|a harmful stereotype)\b",
+    # "it is a crime" warns; "fraud is a crime that involves ..." defines, so only pronoun subjects
+    r"\b(?:it is|it's|that is|that's|this is|doing so is|would be) (?:also )?(?:a serious|a) crime\b",
     r"\bplease (?:do not|don't|refrain|avoid|never|be (?:careful|cautious|aware|mindful))\b",
     r"\b(?:i|we) (?:must|have to|should|need to|want to|would like to) (?:caution|warn|remind you)",
     r"\b(?:hypothetical|fictional) (?:scenario|example|situation|story|context)",
