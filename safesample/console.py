@@ -32,6 +32,11 @@ ProgressCallback = Callable[[int], None]
 def set_verbosity(level: int) -> None:
     global _verbosity
     _verbosity = level
+    if level < NORMAL or not console.is_terminal:
+        # Hugging Face libraries draw their own tqdm bars (downloads, GGUF dequantisation); in a
+        # log they are carriage-return noise, and -q means quiet. Read when they are imported,
+        # which happens later (heavy imports are lazy).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def verbosity() -> int:

@@ -57,6 +57,17 @@ def test_help_imports_no_heavy_library():
         assert proc.stderr.strip().splitlines()[-1] == "[]", name
 
 
+@pytest.mark.parametrize("level", ["NORMAL", "QUIET"])
+def test_hugging_face_progress_bars_stay_out_of_logs(level: str):
+    # stderr is a pipe here, as under make or nohup: transformers' own tqdm bars must be off
+    code = ("import os; os.environ.pop('HF_HUB_DISABLE_PROGRESS_BARS', None); from safesample import console; "
+            f"console.set_verbosity(console.{level}); "
+            "from transformers.utils import logging; print(logging.is_progress_bar_enabled())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
 def test_unknown_option_is_usage_error_with_hint():
     proc = cli("label", "--no-such-option", "x.parquet")
     assert proc.returncode == 2
