@@ -5,6 +5,8 @@ benign-only arm). Metrics per arm, on the `refusal` column that `safesample judg
 - harmful refused: refusal rate on prompts labelled harmful (higher is safer);
 - safe refused: refusal rate on XSTest safe look-alikes (over-refusal, lower is better);
 - helpful refused: refusal rate on Alpaca-Eval tasks (lower is better).
+Each strategy arm also reports how many harm categories and clusters its picked rows cover (from
+the `select --report` JSON in `<out>/selection/`): the diversity the strategy was meant to buy.
 Strategies are reported as mean and spread (min-max) over seeds, and compared with the random
 arms paired on the same prompts (exact McNemar test on the harmful prompts), because one prompt
 is worth less than a point and seeds differ by several.
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 ARM = re.compile(r"^(?P<strategy>[a-z_]+)-b(?P<budget>\d+)-s(?P<seed>\d+)$")
+COVERAGE = ("categories", "clusters")  # of the picked safety rows, from the selection report
 GROUPS = {"harmful refused": lambda d: d["label"] == "harmful",
           "safe refused (XSTest)": lambda d: d["category"] == "xstest_safe",
           "helpful refused (AlpacaEval)": lambda d: d["category"] == "alpaca_eval"}
@@ -70,6 +73,10 @@ def main() -> None:
     for key, df in arms.items():
         per_arm[key] = {name: float(df.loc[sel(df), "refusal"].mean()) for name, sel in GROUPS.items()}
         per_arm[key]["n_harmful"] = int((df["label"] == "harmful").sum())
+        report = a.out / "selection" / f"{key[0]}-b{key[1]}-s{key[2]}.json"
+        if report.exists():
+            picked = json.loads(report.read_text())["selection"]
+            per_arm[key].update(categories=picked["categories"], clusters=picked["clusters"])
 
     grouped: dict[tuple[str, int], list] = defaultdict(list)
     for (strategy, budget, seed), metrics in per_arm.items():
@@ -80,20 +87,26 @@ def main() -> None:
         for name in GROUPS:
             vals = np.array([r[name] for r in runs])
             row[name] = {"mean": float(vals.mean()), "min": float(vals.min()), "max": float(vals.max())}
+        for name in COVERAGE:
+            if all(name in r for r in runs):
+                row[name] = float(np.mean([r[name] for r in runs]))
         rows.append(row)
 
-    # Paired comparisons on the harmful prompts: each strategy arm against each random arm.
+    # Paired comparisons on the harmful prompts: each strategy arm against the random arm of the
+    # same budget and seed (against every random arm of that budget when there is none).
     tests = []
     for (strategy, budget, seed), df in arms.items():
         if strategy in ("none", "random", "aligned"):
             continue
         harmful = df["label"] == "harmful"
-        for (s2, b2, seed2), base in arms.items():
-            if s2 == "random" and b2 == budget:
-                joined = df.loc[harmful, "refusal"].align(base["refusal"], join="inner")
-                only_a, only_b, p = mcnemar(*joined)
-                tests.append({"arm": f"{strategy}-b{budget}-s{seed}", "vs": f"random-b{b2}-s{seed2}",
-                              "refused_only_by_arm": only_a, "refused_only_by_random": only_b, "p": p})
+        randoms = {k: v for k, v in arms.items() if k[0] == "random" and k[1] == budget}
+        same_seed = {k: v for k, v in randoms.items() if k[2] == seed}
+        for (_, b2, seed2), base in sorted((same_seed or randoms).items()):
+            joined = df.loc[harmful, "refusal"].align(base["refusal"], join="inner")
+            only_a, only_b, p = mcnemar(*joined)
+            tests.append({"arm": f"{strategy}-b{budget}-s{seed}", "vs": f"random-b{b2}-s{seed2}",
+                          "refused_only_by_arm": only_a, "refused_only_by_random": only_b, "p": p})
+    tests.sort(key=lambda t: (t["arm"], t["vs"]))
 
     summary = {"command": a.command, "table": rows, "mcnemar_vs_random": tests,
                "arms": {f"{k[0]}-b{k[1]}-s{k[2]}": v for k, v in per_arm.items()}}
@@ -111,11 +124,12 @@ def fmt(cell: dict) -> str:
 
 def markdown(rows: list[dict], tests: list[dict], command: str) -> str:
     lines = [f"Produced by `{command}`. Mean over seeds, (min–max) when there are several.", "",
-             "| strategy | budget | seeds | " + " | ".join(GROUPS) + " |",
-             "|---|---|---|" + "---|" * len(GROUPS)]
+             "| strategy | budget | seeds | " + " | ".join(GROUPS) + " | categories / clusters picked |",
+             "|---|---|---|" + "---|" * (len(GROUPS) + 1)]
     for r in rows:
+        covered = f"{r['categories']:.3g} / {r['clusters']:.3g}" if "categories" in r else "-"
         lines.append(f"| {r['strategy']} | {r['budget']} | {r['seeds']} | "
-                     + " | ".join(fmt(r[g]) for g in GROUPS) + " |")
+                     + " | ".join(fmt(r[g]) for g in GROUPS) + f" | {covered} |")
     if tests:
         lines += ["", "Paired on the harmful prompts (exact McNemar): prompts refused only by the arm vs "
                   "only by the random arm.", "", "| arm | vs | only arm | only random | p |",
@@ -123,6 +137,9 @@ def markdown(rows: list[dict], tests: list[dict], command: str) -> str:
         for t in tests:
             lines.append(f"| {t['arm']} | {t['vs']} | {t['refused_only_by_arm']} | "
                          f"{t['refused_only_by_random']} | {t['p']:.3f} |")
+    lines += ["", "Harmful-response rate is not measured: the rules judge tells refusals, not whether an "
+              "answer is harmful; score with a guard model (`--scorer wildguard --judge-model ...` in JUDGE_ARGS) where one is "
+              "at hand."]
     return "\n".join(lines) + "\n"
 
 
