@@ -1,15 +1,15 @@
 # The evidence: does behavior-aware, diverse selection beat random safety data at the same budget?
 #
-# A pipeline of safesample commands (see experiments/README.md). Two stages, after
-# shared/EXPERIMENT-NOTES.md: (1) align the base model once on safety rows the selection never sees
-# (plus benign tasks answered normally), merged into its weights; (2) from that aligned model,
+# A pipeline of safesample commands (README.md, "The evidence"). Two stages: (1) align the base
+# model once on safety rows the selection never sees, plus twice as many benign tasks answered
+# normally (benign look-alikes first), merged into its weights; (2) from that aligned model,
 # fine-tune one LoRA arm per (strategy, budget, seed) on benign data + the rows the strategy picked,
 # and judge every arm on the same held-out prompts. Benign fine-tuning erodes the aligned model's
 # refusals; the arms show how much of them each strategy's safety rows keep.
 #
 # Every knob is a variable, so the CPU run and a paper-scale GPU run are the same recipe:
-#   make experiment                                   # CPU: SmolLM2-135M, 400 benign, budgets 20 40
-#   make experiment RUN=quick BUDGETS=20 RANDOM_SEEDS="0 1"
+#   make experiment                        # CPU, ~70 min: SmolLM2-135M, 240 benign rows, budget 25
+#   make experiment BUDGETS="10 25"        # adds the budget-10 arms to the same run (~40 min more)
 #   make experiment RUN=llama MODEL=meta-llama/Llama-3.1-8B-Instruct BENIGN_N=20000 \
 #        BUDGETS="50 100 150 200" RANDOM_SEEDS="0 1 2 3 4 5 6 7 8 9" ENGINE=vllm \
 #        ALIGN=none ARM_ARGS="--epochs 3 --lr 3e-4 --batch-size 16 --grad-accum 8"
@@ -18,21 +18,22 @@
 RUN ?= cpu
 SHARED ?= ../shared/data
 MODEL ?= smollm2
-BENIGN_N ?= 400
+BENIGN_N ?= 240
 POOL_N ?= 1500
-ALIGN_N ?= 300
+ALIGN_N ?= 150
+ALIGN_BENIGN_N ?= $(shell echo $$(( 2 * $(ALIGN_N) )))
 HARMFUL_N ?= 160
 SAFE_N ?= 60
 HELPFUL_N ?= 30
-BUDGETS ?= 20 40
+BUDGETS ?= 25
 RANDOM_SEEDS ?= 0 1 2
 STRATEGIES ?= stratified diverse
 SEEDS ?= 0
 ALIGN ?= stage1
 ENGINE ?= auto
 ALIGN_ARGS ?= --template chat --epochs 1 --lr 1e-3 --lora-r 16 --lora-alpha 32 \
-              --target-modules all-linear --batch-size 8 --max-length 192
-ARM_ARGS ?= --template chat --epochs 1 --lr 1e-3 --batch-size 8 --max-length 192
+              --target-modules all-linear --batch-size 8 --max-length 128
+ARM_ARGS ?= --template chat --epochs 1 --lr 1e-3 --batch-size 8 --max-length 128
 JUDGE_ARGS ?= --max-new-tokens 48 --batch-size 16 --engine $(ENGINE)
 
 W := build/experiment/$(RUN)
@@ -58,7 +59,7 @@ experiment-data: $(W)/data/eval.parquet
 
 $(W)/data/eval.parquet: experiments/prepare.py
 	$(PY) experiments/prepare.py --shared $(SHARED) --out $(W)/data --pool-n $(POOL_N) \
-	  --align-from $(POOL_N) --align-n $(ALIGN_N) --benign-n $(BENIGN_N) \
+	  --align-from $(POOL_N) --align-n $(ALIGN_N) --align-benign-n $(ALIGN_BENIGN_N) --benign-n $(BENIGN_N) \
 	  --harmful-n $(HARMFUL_N) --safe-n $(SAFE_N) --helpful-n $(HELPFUL_N)
 
 # --- the safety pool: behavior labels, embeddings, harm categories, clusters ----------------

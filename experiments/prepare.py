@@ -5,8 +5,10 @@ Every step after this one is a `safesample` command in experiments/experiment.mk
                         [0, POOL_N)), harmful requests with safe responses;
 - align_safety.parquet  safety rows the selection never sees (rows [ALIGN_FROM, ALIGN_FROM+ALIGN_N)),
                         used once to align the base model (stage 1);
-- align_benign.parquet  short gpteacher tasks answered normally, mixed into stage 1 so the aligned
-                        model does not refuse everything;
+- align_benign.parquet  benign tasks answered normally, mixed into stage 1 so the aligned model
+                        does not refuse everything: first the benign look-alikes (tasks whose wording
+                        sounds harmful, "a murder mystery", "To Kill a Mockingbird"), then short
+                        gpteacher tasks up to ALIGN_BENIGN_N;
 - benign.parquet        the benign fine-tuning set of every arm (alpaca_gpt4_demo);
 - refs.parquet          labelled reference prompts (do_not_answer + HarmBench val) that give
                         the pool its harm categories (`category_coarse`);
@@ -22,6 +24,13 @@ from pathlib import Path
 
 import pandas as pd
 
+# Words that make a benign task look like a harmful one to a small model. Stage 1 must see such
+# tasks answered normally, or it learns "refuse when the words sound dangerous".
+LOOKALIKE = (r"\b(?:kill\w*|murder\w*|shoot\w*|attack\w*|steal\w*|hack\w*|weapon\w*|bomb\w*|drugs?|"
+             r"poison\w*|explo\w+|destroy\w*|crime|criminal\w*|guns?|knife|fight\w*|violen\w+|"
+             r"terror\w*|die|dead\w*|death|blood\w*|war|wars|burn\w*|smok\w+|execut\w+|illegal\w*|"
+             r"theft|scam\w*|fraud\w*|virus\w*|malware|password\w*|lock\w*|pirat\w+|detective)\b")
+
 
 def load(shared: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(shared / name / f"{name}.parquet")
@@ -33,7 +42,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--pool-n", type=int, default=1500)
     ap.add_argument("--align-from", type=int, default=1500)
-    ap.add_argument("--align-n", type=int, default=300)
+    ap.add_argument("--align-n", type=int, default=300, help="safety rows for stage 1")
+    ap.add_argument("--align-benign-n", type=int, default=None,
+                    help="benign rows for stage 1, look-alikes first (default: 2 x --align-n)")
     ap.add_argument("--benign-n", type=int, default=400)
     ap.add_argument("--harmful-n", type=int, default=160)
     ap.add_argument("--safe-n", type=int, default=60)
@@ -46,10 +57,16 @@ def main() -> None:
     pool.iloc[: a.pool_n].to_parquet(a.out / "pool.parquet", index=False)
     pool.iloc[a.align_from: a.align_from + a.align_n].to_parquet(a.out / "align_safety.parquet", index=False)
 
-    teacher = load(a.shared, "gpteacher")
-    short = teacher[teacher["output"].str.len() < 800]
-    short.sample(n=a.align_n, random_state=a.seed).to_parquet(a.out / "align_benign.parquet", index=False)
-    load(a.shared, "alpaca_gpt4_demo").iloc[: a.benign_n].to_parquet(a.out / "benign.parquet", index=False)
+    alpaca = load(a.shared, "alpaca_gpt4_demo")
+    alpaca.iloc[: a.benign_n].to_parquet(a.out / "benign.parquet", index=False)
+    # stage-1 benign rows never overlap the stage-2 benign set
+    candidates = pd.concat([load(a.shared, "gpteacher"), alpaca.iloc[a.benign_n:]])
+    candidates = candidates[(candidates["output"].str.len() < 800) & (candidates["input"].fillna("") == "")]
+    lookalike = candidates["instruction"].str.contains(LOOKALIKE, case=False, regex=True)
+    n_benign = a.align_n * 2 if a.align_benign_n is None else a.align_benign_n
+    looks = candidates[lookalike].sample(frac=1.0, random_state=a.seed).head(n_benign)
+    rest = candidates[~lookalike].sample(n=n_benign - len(looks), random_state=a.seed)
+    pd.concat([looks, rest]).to_parquet(a.out / "align_benign.parquet", index=False)
 
     dna = load(a.shared, "do_not_answer")[["id", "instruction", "category_coarse"]]
     hb = load(a.shared, "harmbench")
@@ -70,7 +87,8 @@ def main() -> None:
         .assign(category="alpaca_eval", label="safe")
     cols = ["id", "prompt", "category", "label", "source"]
     pd.concat([harmful[cols], safe[cols], helpful[cols]]).to_parquet(a.out / "eval.parquet", index=False)
-    print(f"prepared {a.out}: pool {a.pool_n}, align {a.align_n}+{a.align_n}, benign {a.benign_n}, "
+    print(f"prepared {a.out}: pool {a.pool_n}, align {a.align_n} safety + {n_benign} benign "
+          f"({len(looks)} look-alikes), benign {a.benign_n}, "
           f"eval {len(harmful)} harmful + {len(safe)} safe + {len(helpful)} helpful")
 
 
