@@ -41,8 +41,11 @@ R := results/$(RUN)
 SS ?= $(VENV)/bin/safesample
 Q := -q
 
-ARMS := none $(foreach b,$(BUDGETS),$(foreach s,$(RANDOM_SEEDS),random-b$(b)-s$(s)) \
-          $(foreach st,$(STRATEGIES),$(foreach s,$(SEEDS),$(st)-b$(b)-s$(s))))
+# Seed by seed within a budget (random, then each strategy), so a run cut short still compares
+# strategies on the seeds it finished.
+ARMS := none $(foreach b,$(BUDGETS),$(foreach s,$(sort $(RANDOM_SEEDS) $(SEEDS)),\
+          $(if $(filter $(s),$(RANDOM_SEEDS)),random-b$(b)-s$(s)) \
+          $(if $(filter $(s),$(SEEDS)),$(foreach st,$(STRATEGIES),$(st)-b$(b)-s$(s)))))
 BASE := $(if $(filter none,$(ALIGN)),$(MODEL),$(W)/models/aligned/merged)
 
 # fields of an arm name: <strategy>-b<budget>-s<seed>
