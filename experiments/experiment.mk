@@ -54,7 +54,10 @@ budget = $(patsubst b%,%,$(word 2,$(subst -, ,$(1))))
 seed = $(patsubst s%,%,$(word 3,$(subst -, ,$(1))))
 
 .PHONY: experiment experiment-data experiment-clean
-.SECONDARY:
+# Keep what the pattern rules build. (Not `.SECONDARY:`, which makes every target intermediate:
+# make would then skip arms added to a finished run, their chain being older than summary.md.)
+.PRECIOUS: $(W)/picked/%.parquet $(W)/train/%.parquet $(W)/models/%/safesample_config.json \
+           $(R)/judged/%.parquet
 
 experiment: $(R)/summary.md
 
