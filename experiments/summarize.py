@@ -149,20 +149,27 @@ def plots(rows: list[dict], arms: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     baseline = next((r for r in rows if r["strategy"] == "none"), None)
+    aligned = next((r for r in rows if r["strategy"] == "aligned"), None)
+    strategies = sorted({r["strategy"] for r in rows} - {"none", "aligned"})
+    budgets = sorted({r["budget"] for r in rows if r["strategy"] in strategies})
+    dodge = 0.012 * (max(budgets, default=1) or 1)  # side by side, so error bars do not hide each other
     for ax, metric in zip(axes, ["harmful refused", "safe refused (XSTest)"]):
-        for strategy in sorted({r["strategy"] for r in rows} - {"none", "aligned"}):
+        for i, strategy in enumerate(strategies):
             pts = sorted((r["budget"], r[metric]) for r in rows if r["strategy"] == strategy)
-            xs = [p[0] for p in pts]
+            if baseline:  # every strategy starts from the benign-only arm at budget 0
+                pts = [(0, baseline[metric])] + pts
+            xs = np.array([p[0] for p in pts]) + (i - (len(strategies) - 1) / 2) * dodge
             mean = np.array([p[1]["mean"] for p in pts]) * 100
             err = np.array([[p[1]["mean"] - p[1]["min"], p[1]["max"] - p[1]["mean"]] for p in pts]).T * 100
             ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=strategy)
-        if baseline:
-            ax.axhline(baseline[metric]["mean"] * 100, color="grey", ls="--", label="benign only")
-        ax.set_xlabel("safety rows in the fine-tuning mix")
+        if aligned:
+            ax.axhline(aligned[metric]["mean"] * 100, color="grey", ls=":", label="aligned (before)")
+        ax.set_xticks([0] + budgets)
+        ax.set_xlabel("safety rows in the fine-tuning mix (0 = benign only)")
         ax.set_ylabel(f"{metric} (%)")
-        ax.set_title(metric)
+        ax.set_title(f"{metric}: mean, min-max over seeds", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "refusal_vs_budget.png", dpi=110)
@@ -172,15 +179,22 @@ def plots(rows: list[dict], arms: dict, out: Path) -> None:
     top = max((k[1] for k in arms if k[0] not in ("none", "aligned")), default=None)
     if top is None:
         return
-    series = {}
+    series, sizes = {}, None
     for (strategy, budget, seed), df in arms.items():
-        if budget == top or strategy == "none":
+        if budget == top or strategy in ("none", "aligned"):
             h = df[df["label"] == "harmful"]
             series.setdefault(strategy, []).append(h.groupby("category")["refusal"].mean())
-    table = pd.DataFrame({s: pd.concat(v, axis=1).mean(axis=1) for s, v in series.items()}) * 100
-    ax = table.plot.bar(figsize=(10, 4), rot=30)
+            sizes = h.groupby("category").size()
+    order = ["aligned", "none"] + sorted(set(series) - {"aligned", "none"})
+    table = pd.DataFrame({s: pd.concat(series[s], axis=1).mean(axis=1) for s in order if s in series}) * 100
+    table.index = [f"{c} ({sizes[c]})" for c in table.index]
+    ax = table.plot.bar(figsize=(11, 4.5), rot=30, width=0.8)
     ax.set_ylabel("harmful prompts refused (%)")
-    ax.set_title(f"per category, budget {top}")
+    ax.set_xlabel("category (prompts)")
+    ax.set_title(f"Refusal per harm category: aligned model, benign only, and each strategy at budget {top} "
+                 "(mean over seeds)", fontsize=10)
+    ax.set_ylim(0, 118)
+    ax.legend(fontsize=8, ncol=len(table.columns), loc="upper center")
     plt.setp(ax.get_xticklabels(), ha="right")
     plt.tight_layout()
     plt.savefig(out / "per_category.png", dpi=110)
