@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -185,16 +183,3 @@ def test_rules_beat_the_keyword_list_on_do_not_answer_held_out_rows():
     full_truth = [t == "full_refusal" for t in truth]
     assert f1_score(full_truth, [s == "full_refusal" for s in classify_responses(responses)]) > \
         f1_score(full_truth, [s == "full_refusal" for s in keyword_baseline(responses)])
-
-
-def test_vectorised_path_is_fast():
-    """A floor well under the 50,000 rows/s target (bench/), to catch a pathological regex."""
-    import pyarrow.parquet as pq
-
-    texts = pq.read_table(shared_dataset("safety_tuned_llamas"), columns=["response"]).column(0).to_pylist()
-    texts = (texts * 12)[:30_000]
-    classify_responses(texts[:1000])
-    start = time.perf_counter()
-    classify_responses(texts)
-    rate = len(texts) / (time.perf_counter() - start)
-    assert rate > 12_000, f"{rate:,.0f} rows/s"
