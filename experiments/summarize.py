@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 ARM = re.compile(r"^(?P<strategy>[a-z_]+)-b(?P<budget>\d+)-s(?P<seed>\d+)$")
 COVERAGE = ("categories", "clusters")  # of the picked safety rows, from the selection report
@@ -41,7 +42,9 @@ def load_arms(folder: Path) -> dict[tuple[str, int, int], pd.DataFrame]:
             key = (m["strategy"], int(m["budget"]), int(m["seed"]))
         else:
             continue
-        df = pd.read_parquet(path, columns=["id", "category", "label", "refusal"])
+        names = pq.read_schema(path).names
+        df = pd.read_parquet(path, columns=["id", "category", "label", "refusal"]
+                             + (["response"] if "response" in names else []))
         df["refusal"] = df["refusal"].astype("boolean").fillna(False).astype(bool)
         arms[key] = df.set_index("id")
     return arms
@@ -105,7 +108,10 @@ def main() -> None:
             joined = df.loc[harmful, "refusal"].align(base["refusal"], join="inner")
             only_a, only_b, p = mcnemar(*joined)
             tests.append({"arm": f"{strategy}-b{budget}-s{seed}", "vs": f"random-b{b2}-s{seed2}",
-                          "refused_only_by_arm": only_a, "refused_only_by_random": only_b, "p": p})
+                          "refused_only_by_arm": only_a, "refused_only_by_random": only_b, "p": p,
+                          "difference_points": 100 * (only_a - only_b) / len(joined[0]),
+                          "same_response": float((df.loc[harmful, "response"] == base.loc[
+                              df.index[harmful], "response"]).mean()) if "response" in df else None})
     tests.sort(key=lambda t: (t["arm"], t["vs"]))
 
     summary = {"command": a.command, "table": rows, "mcnemar_vs_random": tests,
@@ -132,11 +138,14 @@ def markdown(rows: list[dict], tests: list[dict], command: str) -> str:
                      + " | ".join(fmt(r[g]) for g in GROUPS) + f" | {covered} |")
     if tests:
         lines += ["", "Paired on the harmful prompts (exact McNemar): prompts refused only by the arm vs "
-                  "only by the random arm.", "", "| arm | vs | only arm | only random | p |",
-                  "|---|---|---|---|---|"]
+                  "only by the random arm, the difference in points, and the share of harmful prompts "
+                  "both arms answered word for word alike.", "",
+                  "| arm | vs | only arm | only random | difference | p | same response |",
+                  "|---|---|---|---|---|---|---|"]
         for t in tests:
+            same = "-" if t["same_response"] is None else f"{100 * t['same_response']:.0f} %"
             lines.append(f"| {t['arm']} | {t['vs']} | {t['refused_only_by_arm']} | "
-                         f"{t['refused_only_by_random']} | {t['p']:.3f} |")
+                         f"{t['refused_only_by_random']} | {t['difference_points']:+.1f} | {t['p']:.3f} | {same} |")
     lines += ["", "Harmful-response rate is not measured: the rules judge tells refusals, not whether an "
               "answer is harmful; score with a guard model (`--scorer wildguard --judge-model ...` in JUDGE_ARGS) where one is "
               "at hand."]

@@ -84,7 +84,7 @@ def test_summarize_reports_means_spread_coverage_and_paired_tests(tmp_path: Path
     # paired with the random arm of the same seed only: p2, p3 refused only by diverse
     assert summary["mcnemar_vs_random"] == [{"arm": "diverse-b10-s0", "vs": "random-b10-s0",
                                              "refused_only_by_arm": 2, "refused_only_by_random": 0,
-                                             "p": 0.5}]
+                                             "p": 0.5, "difference_points": 50.0, "same_response": None}]
     md = (out / "summary.md").read_text()
     assert "make experiment RUN=t" in md and "| diverse | 10 | 1 | 100.0 % |" in md
     assert "37.5 % (25.0–50.0)" in md
