@@ -12,7 +12,7 @@ import pytest
 from conftest import cli
 
 from safesample import finetune as stage
-from safesample.tables import get_provenance, provenance_entry, with_provenance
+from safesample.tables import provenance_entry, with_provenance
 
 
 pytestmark = pytest.mark.usefixtures("offline_models")
