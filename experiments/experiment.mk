@@ -8,8 +8,9 @@
 # refusals; the arms show how much of them each strategy's safety rows keep.
 #
 # Every knob is a variable, so the CPU run and a paper-scale GPU run are the same recipe:
-#   make experiment                        # CPU, ~70 min: SmolLM2-135M, 240 benign rows, budget 25
-#   make experiment BUDGETS="10 25"        # adds the budget-10 arms to the same run (~40 min more)
+#   make experiment                        # CPU, ~80 min on 2 cores: SmolLM2-135M, 240 benign rows,
+#                                          # budget 25: none, random x3 seeds, stratified, diverse
+#   make experiment BUDGETS="25 10" SEEDS="0 1 2" STRATEGIES=diverse   # more arms, same run
 #   make experiment RUN=llama MODEL=meta-llama/Llama-3.1-8B-Instruct BENIGN_N=20000 \
 #        BUDGETS="50 100 150 200" RANDOM_SEEDS="0 1 2 3 4 5 6 7 8 9" ENGINE=vllm \
 #        ALIGN=none ARM_ARGS="--epochs 3 --lr 3e-4 --batch-size 16 --grad-accum 8"
