@@ -22,7 +22,8 @@ MODEL ?= smollm2
 BENIGN_N ?= 240
 POOL_N ?= 1500
 ALIGN_N ?= 150
-ALIGN_BENIGN_N ?= $(shell echo $$(( 2 * $(ALIGN_N) )))
+# benign rows in stage 1; empty: prepare.py's default, 2 x ALIGN_N
+ALIGN_BENIGN_N ?=
 HARMFUL_N ?= 160
 SAFE_N ?= 60
 HELPFUL_N ?= 30
@@ -66,7 +67,8 @@ experiment-data: $(W)/data/eval.parquet
 
 $(W)/data/eval.parquet: experiments/prepare.py
 	$(PY) experiments/prepare.py --shared $(SHARED) --out $(W)/data --pool-n $(POOL_N) \
-	  --align-from $(POOL_N) --align-n $(ALIGN_N) --align-benign-n $(ALIGN_BENIGN_N) --benign-n $(BENIGN_N) \
+	  --align-from $(POOL_N) --align-n $(ALIGN_N) $(if $(ALIGN_BENIGN_N),--align-benign-n $(ALIGN_BENIGN_N)) \
+	  --benign-n $(BENIGN_N) \
 	  --harmful-n $(HARMFUL_N) --safe-n $(SAFE_N) --helpful-n $(HELPFUL_N)
 
 # --- the safety pool: behavior labels, embeddings, harm categories, clusters ----------------
