@@ -105,13 +105,16 @@ def main() -> None:
         randoms = {k: v for k, v in arms.items() if k[0] == "random" and k[1] == budget}
         same_seed = {k: v for k, v in randoms.items() if k[2] == seed}
         for (_, b2, seed2), base in sorted((same_seed or randoms).items()):
-            joined = df.loc[harmful, "refusal"].align(base["refusal"], join="inner")
-            only_a, only_b, p = mcnemar(*joined)
+            refused, refused_base = df.loc[harmful, "refusal"].align(base["refusal"], join="inner")
+            only_a, only_b, p = mcnemar(refused, refused_base)
+            same = None
+            if "response" in df and "response" in base:
+                answer, answer_base = df.loc[harmful, "response"].align(base["response"], join="inner")
+                same = float((answer == answer_base).mean())
             tests.append({"arm": f"{strategy}-b{budget}-s{seed}", "vs": f"random-b{b2}-s{seed2}",
                           "refused_only_by_arm": only_a, "refused_only_by_random": only_b, "p": p,
-                          "difference_points": 100 * (only_a - only_b) / len(joined[0]),
-                          "same_response": float((df.loc[harmful, "response"] == base.loc[
-                              df.index[harmful], "response"]).mean()) if "response" in df else None})
+                          "difference_points": 100 * (only_a - only_b) / len(refused),
+                          "same_response": same})
     tests.sort(key=lambda t: (t["arm"], t["vs"]))
 
     summary = {"command": a.command, "table": rows, "mcnemar_vs_random": tests,
