@@ -1,8 +1,8 @@
-"""The one console on stderr: log lines, progress, and protection of the data stream on stdout.
+"""The one console on stderr: log lines and progress, for the CLI only.
 
-stdout carries table data only. `protect_stdout()` moves the real stdout file descriptor aside
-for the table writer and points fd 1 at stderr, so anything a library prints (vLLM logs to
-stdout, C extensions write to fd 1 directly) lands on stderr instead of corrupting a pipe.
+Library code never imports this module: it reports through the `Reporter` it is handed
+(`safesample.reporter`), and the CLI hands it `CONSOLE`, which prints here. The data stream on
+stdout is guarded by `safesample.stdio`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 from rich.console import Console
+
+from safesample.reporter import Advance
+from safesample.stdio import protect_stdout, restore_stdout  # noqa: F401 - the CLI's entry points
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 
@@ -24,9 +27,7 @@ if not console.is_terminal and "COLUMNS" not in os.environ:
     # a log file, so give summary tables room.
     console.width = 160
 _verbosity = NORMAL
-_data_fd: int | None = None  # the real stdout, once protected
 
-ProgressCallback = Callable[[int], None]
 
 
 def set_verbosity(level: int) -> None:
@@ -58,40 +59,8 @@ def warn(message: str) -> None:
         console.print(f"warning: {message}", markup=False, style="yellow")
 
 
-def protect_stdout() -> None:
-    """Keep the real stdout for data only; send fd 1 (and sys.stdout) to stderr."""
-    global _data_fd
-    if _data_fd is not None:
-        return
-    sys.stdout.flush()
-    _data_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-
-
-def restore_stdout() -> None:
-    """Undo `protect_stdout` (for in-process callers such as tests)."""
-    global _data_fd
-    if _data_fd is None:
-        return
-    sys.stdout.flush()
-    os.dup2(_data_fd, 1)
-    os.close(_data_fd)
-    _data_fd = None
-    sys.stdout = sys.__stdout__
-
-
-def data_fd() -> int:
-    """The file descriptor that carries table data (the original stdout)."""
-    return _data_fd if _data_fd is not None else sys.__stdout__.fileno()
-
-
-def data_is_terminal() -> bool:
-    return os.isatty(data_fd())
-
-
 @contextmanager
-def progress(total: int | None, description: str, unit: str = "rows") -> Iterator[ProgressCallback]:
+def progress(total: int | None, description: str, unit: str = "rows") -> Iterator[Advance]:
     """Yield an `advance(n)` callback.
 
     On a terminal this is a rich progress bar; in logs (not a terminal) a plain line at most
@@ -128,3 +97,26 @@ def progress(total: int | None, description: str, unit: str = "rows") -> Iterato
     elapsed = time.monotonic() - start
     if elapsed >= 1:
         info(f"{description}: {done} {unit} in {elapsed:.1f} s")
+
+
+class ConsoleReporter:
+    """The `Reporter` the CLI hands to library code: prints on the stderr console."""
+
+    @property
+    def verbose(self) -> bool:
+        return _verbosity >= VERBOSE
+
+    def info(self, message: str) -> None:
+        info(message)
+
+    def warn(self, message: str) -> None:
+        warn(message)
+
+    def debug(self, message: str) -> None:
+        debug(message)
+
+    def progress(self, total: int | None, description: str, unit: str = "rows"):
+        return progress(total, description, unit)
+
+
+CONSOLE = ConsoleReporter()

@@ -6,7 +6,6 @@ message and a hint; the CLI prints them as `error:` / `hint:` and exits with `ex
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_ERROR = 1  # runtime, data or model error
 EXIT_USAGE = 2  # bad options or arguments, unusable input/output paths, not implemented
 EXIT_CHECK_FAILED = 3  # a check the user asked for failed (e.g. `judge --fail-under`)

@@ -112,7 +112,3 @@ def require(table: "pa.Table", names: Iterable[str | Column], command: str) -> N
                             f"`safesample {command}` needs {col.kind} values",
                             f"{col.name!r} comes from {col.produced_by}; check that the input "
                             "was not converted along the way")
-
-
-def has(table: "pa.Table", name: str) -> bool:
-    return name in table.column_names

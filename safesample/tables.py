@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from safesample import __version__
-from safesample.console import data_fd
+from safesample.stdio import data_fd
 from safesample.errors import DataError, UsageError
 from safesample.schema import kind_of
 
@@ -285,6 +285,21 @@ def ensure_id(table: "pa.Table") -> "pa.Table":
     return table.add_column(0, "id", pa.array(ids, pa.string()))
 
 
+def put_column(table: "pa.Table", name: str, values: "pa.Array | pa.ChunkedArray",
+               field: "pa.Field | None" = None) -> "pa.Table":
+    """Add a column, or replace it in place when it exists, so a rerun keeps the column order.
+
+    `field` carries metadata (e.g. an embedding's model and dimension); by default a plain field
+    of the values' type.
+    """
+    import pyarrow as pa
+
+    field = field if field is not None else pa.field(name, values.type)
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), field, values)
+    return table.append_column(field, values)
+
+
 def get_provenance(table: "pa.Table") -> list[dict[str, Any]]:
     meta = table.schema.metadata or {}
     raw = meta.get(PROVENANCE_KEY)
@@ -306,9 +321,12 @@ def with_provenance(table: "pa.Table", entry: dict[str, Any],
 
 
 def provenance_entry(command: str, args: dict[str, Any], seed: int | None = None,
-                     models: dict[str, str] | None = None, inputs: list[str] | None = None) -> dict[str, Any]:
+                     models: dict[str, str] | None = None, inputs: list[str] | None = None,
+                     argv: list[str] | None = None) -> dict[str, Any]:
+    """One stage's record; `argv` is the command line as typed, so a run can be repeated."""
     return {
         "command": command,
+        "argv": argv,
         "args": {k: v for k, v in args.items() if _jsonable(v)},
         "inputs": inputs or [],
         "version": __version__,

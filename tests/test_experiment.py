@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, need_shared_data
 
 PREPARE = REPO / "experiments" / "prepare.py"
 SUMMARIZE = REPO / "experiments" / "summarize.py"
@@ -31,7 +31,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_prepare_cuts_disjoint_tables_with_lookalikes_first(tmp_path: Path):
-    run(str(PREPARE), "--shared", str(SHARED_DATA), "--out", str(tmp_path), "--pool-n", "200",
+    run(str(PREPARE), "--shared", str(need_shared_data("the experiment's datasets")), "--out", str(tmp_path), "--pool-n", "200",
         "--align-from", "200", "--align-n", "40", "--benign-n", "60", "--harmful-n", "30",
         "--safe-n", "10", "--helpful-n", "5")
     t = {p.stem: pd.read_parquet(p) for p in tmp_path.glob("*.parquet")}

@@ -18,7 +18,7 @@ from typer._click import exceptions as click_errors
 from safesample import __version__, console
 from safesample.errors import (EXIT_CODES_HELP, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE,
                                SafesampleError)
-from safesample.cli import cluster, embed, finetune, judge, label, mix, select
+from safesample.cli import cluster, common, embed, finetune, judge, label, mix, select
 
 HELP = f"""Pick a small, behavior-aware and diverse set of safety examples to mix into LLM
 fine-tuning data, fine-tune with it, and judge the result.
@@ -65,6 +65,7 @@ def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     command = typer.main.get_command(app)
+    common.record_argv(argv)
     try:
         code = command.main(args=argv, prog_name="safesample", standalone_mode=False)
         return code if isinstance(code, int) else 0

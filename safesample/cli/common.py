@@ -57,16 +57,40 @@ def save(table: "pa.Table", output: str, command: str, args: dict[str, Any], *,
     """Write the result with this stage's provenance appended."""
     from safesample.tables import provenance_entry, write_table
 
-    entry = provenance_entry(command, args, seed=seed, models=models, inputs=inputs)
+    entry = provenance_entry(command, args, seed=seed, models=models, inputs=inputs, argv=argv())
     write_table(table, output, provenance=entry)
     where = "stdout" if output == "-" else output
     console.info(f"wrote {table.num_rows} rows x {table.num_columns} columns to {where}")
 
 
-def not_implemented(command: str) -> None:
-    raise UsageError(f"`safesample {command}` is not implemented yet",
-                     "this stage is still being built; see the README for what works today")
+def write_json(data: dict[str, Any], path: str, what: str = "report") -> None:
+    """A side output (--report, --summary): written atomically like tables, never half a file."""
+    import json
+    from pathlib import Path
+
+    from safesample.tables import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    console.info(f"wrote the {what} to {path}")
+
+
+def print_plan(lines: list[str]) -> None:
+    """What --dry-run prints, the same way for every command: the stage's `plan(...)` lines."""
+    for line in lines:
+        console.console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.console.print("dry run: no model loaded, nothing written", markup=False, highlight=False)
+
+
+_argv: list[str] | None = None
+
+
+def record_argv(args: list[str] | None) -> None:
+    """Called by `main()`: the arguments of this run, for provenance (tests pass them in-process)."""
+    global _argv
+    _argv = list(args) if args is not None else None
 
 
 def argv() -> list[str]:
-    return sys.argv[1:]
+    """The command line of this run, without the program name."""
+    return list(_argv) if _argv is not None else sys.argv[1:]

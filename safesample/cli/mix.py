@@ -95,10 +95,9 @@ def command(inputs: Inputs, output: Output = "-",
         return
     console.info(f"mixed {summary}")
     args = {"inputs": inputs, "map": map_ or [], "format": format.value, "system": system, "slim": slim,
-            "shuffle": not no_shuffle, "ratio": ratio, "safety_budget": safety_budget, "limit": limit,
-            "argv": argv()}
+            "shuffle": not no_shuffle, "ratio": ratio, "safety_budget": safety_budget, "limit": limit}
     # Both inputs' histories, then this stage: `save` would only see the merged table's.
-    table = with_provenance(table, provenance_entry(NAME, args, seed=seed, inputs=list(inputs)),
+    table = with_provenance(table, provenance_entry(NAME, args, seed=seed, inputs=list(inputs), argv=argv()),
                             history=merged_provenance(tables))
     save_merged(table, output)
 
