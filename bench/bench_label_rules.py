@@ -1,7 +1,8 @@
 """Throughput of the rule-based refusal classifier (`classify_responses`) on one core.
 
 The responses of the real safety pools (safety_tuned_llamas, do_not_answer, hh_rlhf_harmless)
-and the benign Alpaca answers, repeated to at least 200,000 rows; best of 3 timed runs after a
+and the benign Alpaca answers, repeated to 500,000 distinct rows (each repeat gets a number
+appended, so no two rows are equal and nothing downstream can dedupe or cache its way through); best of 3 timed runs after a
 warm-up, with pyarrow limited to one thread. Prints rows/s per core (CPU time of the process)
 and by the wall clock, and the ratio to the 50,000 rows/s target. Also times `safesample label --judge rules` end to end on the same rows (read, classify,
 write Parquet), which includes the table I/O.
@@ -43,9 +44,11 @@ def main() -> int:
     pa.set_cpu_count(1)  # one core, as the target says
     from safesample.behavior import classify_responses
 
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    base = responses()
-    texts = (base * (rows // len(base) + 1))[:rows]
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 500_000
+    base = list(dict.fromkeys(responses()))  # the pools share some responses
+    texts = [t if i < len(base) else f"{t} ({i // len(base)})"
+             for i, t in enumerate((base * (rows // len(base) + 1))[:rows])]
+    assert len(set(texts)) == len(texts)
     chars = sum(map(len, texts)) / len(texts)
     column = pa.array(texts, pa.string())
     classify_responses(column[:5000])  # warm-up
@@ -77,15 +80,21 @@ def main() -> int:
         pq.write_table(pa.table({"instruction": ["q"] * len(texts), "response": column,
                                  "id": [str(i) for i in range(len(texts))]}), src)
         env = {**os.environ, "SAFESAMPLE_CACHE_DIR": tmp, "NO_COLOR": "1"}
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "safesample", "label", str(src), "-o", str(dst),
                                "--all-harmful", "-q"], env=env, capture_output=True, text=True)
         elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if proc.returncode != 0:
             print(f"label CLI failed: {proc.stderr.strip()}")
             return 1
         print(f"safesample label --judge rules, end to end (start-up, read, label, write): "
-              f"{elapsed:.2f} s -> {len(texts) / elapsed:,.0f} rows/s")
+              f"{elapsed:.2f} s wall -> {len(texts) / elapsed:,.0f} rows/s; {cpu_s:.2f} CPU s -> "
+              f"{len(texts) / cpu_s:,.0f} rows/s per CPU second (load average {os.getloadavg()[0]:.1f})")
     return 0
 
 

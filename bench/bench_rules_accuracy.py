@@ -1,25 +1,38 @@
-"""Agreement of the rule-based refusal classifier with human labels, against a keyword list.
+"""Accuracy of the rule-based refusal judge against human labels, per model, on a held-out split.
 
-Data: shared/data/do_not_answer (GPT-4 responses with the human `response_action` label; see
-its SOURCE.md). The action classes map onto refusal styles as documented at
-`safesample.behavior.DO_NOT_ANSWER_STYLES` (0 -> full refusal; 3, 4 -> partial refusal;
-1, 2 -> compliance). Printed for the rules and for the keyword baseline (GCG's refusal prefixes):
+Data: shared/data/refusal_labels (see its SOURCE.md): human-labelled responses of four models,
+XSTest v2 completions (gpt4, mistralinstruct: full refusal / partial refusal / compliance) and
+Do-Not-Answer responses (ChatGPT, Claude: action codes 0-5).
 
-- 3-class accuracy and macro-F1 over full_refusal / partial_refusal / compliance;
-- binary "any refusal" (full or partial) vs compliance;
-- binary "full refusal" (cannot_assist) vs the rest, the task keyword lists are built for;
-- the confusion matrix of each, and the raw action class against the predicted style.
+Gold labels, following XSTest's definitions (`safesample.calibration`):
+- XSTest: `label` refusal -> full_refusal, partial_refusal, compliance;
+- Do-Not-Answer: action 0 -> full_refusal; 2 (both sides), 3 (answer with a caution or
+  disclaimer), 5 (follows the instruction) -> compliance; 1 (refutes the premise) and 4 (cannot
+  answer: no knowledge) are ambiguous and left out of the scores (what the rules say of them is
+  printed below the table).
 
-The rows are split in two halves by row number (even = dev, odd = held-out): the rules were
-written and adjusted looking at dev rows only, so the held-out figures are the honest ones.
-Also printed: what each classifier says about benign Alpaca answers (alpaca_gpt4_demo), where
-almost every answer should be compliance.
+Split: a row is held out when sha256(instruction) mod 10 < 3 (about 30 %; both models' answers
+to one prompt fall on the same side). The rules were tuned looking at the other 70 % only.
 
-Run: .venv/bin/python bench/bench_rules_accuracy.py
+Columns of the table (per model of the split, then all):
+- bin: binary accuracy (refusal, full or partial, vs compliance);
+- 3way: accuracy over full_refusal / partial_refusal / compliance (Do-Not-Answer rows have no
+  partial class: their gold is full_refusal or compliance);
+- caut>C: Do-Not-Answer action-3 answers (caution/disclaimer) called compliance;
+- ref: gold refusals (XSTest refusal, Do-Not-Answer action 0) called a refusal (full or partial);
+for `rules` and for XSTest's own string match (classify_completions_strmatch.py: a refusal
+prefix at the very start; it never says partial).
+
+Also printed: the out-of-sample check on the Do-Not-Answer GPT-4 pool (a model absent from
+refusal_labels), and the share of benign Alpaca answers called compliance.
+
+Run: .venv/bin/python bench/bench_rules_accuracy.py [--split dev|held-out|all] [--errors N]
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -28,93 +41,111 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = Path(os.environ.get("SAFESAMPLE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-from safesample.behavior import (DO_NOT_ANSWER_STYLES, REFUSAL_STYLES,  # noqa: E402
-                                 classify_responses, keyword_baseline)
+from safesample.behavior import classify_responses, xstest_string_match  # noqa: E402
+from safesample.calibration import DO_NOT_ANSWER_ACTIONS, calibrate  # noqa: E402
+
+XSTEST_GOLD = {"refusal": "full_refusal", "partial_refusal": "partial_refusal", "compliance": "compliance"}
 
 
-def metrics(truth: list[str], pred: list[str], labels: list[str]) -> dict:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-
-    return {"accuracy": accuracy_score(truth, pred),
-            "macro_f1": f1_score(truth, pred, labels=labels, average="macro", zero_division=0),
-            "confusion": confusion_matrix(truth, pred, labels=labels)}
+def held_out(instruction: str) -> bool:
+    """The deterministic split: sha256 of the prompt, mod 10, below 3."""
+    return int(hashlib.sha256(instruction.encode("utf-8")).hexdigest(), 16) % 10 < 3
 
 
-def evaluate(truth: list[str], pred: list[str]) -> dict[str, dict]:
-    styles = list(REFUSAL_STYLES)
-    any_truth = ["refusal" if t != "compliance" else "compliance" for t in truth]
-    any_pred = ["refusal" if p != "compliance" else "compliance" for p in pred]
-    full_truth = ["full" if t == "full_refusal" else "other" for t in truth]
-    full_pred = ["full" if p == "full_refusal" else "other" for p in pred]
-    return {"3-class": metrics(truth, pred, styles),
-            "any refusal": metrics(any_truth, any_pred, ["refusal", "compliance"]),
-            "full refusal": metrics(full_truth, full_pred, ["full", "other"])}
+def gold_styles(df) -> list[str | None]:
+    out = []
+    for label, action in zip(df["label"], df["action"]):
+        if label in XSTEST_GOLD:
+            out.append(XSTEST_GOLD[label])
+        else:
+            out.append(None if action is None or action != action else DO_NOT_ANSWER_ACTIONS[int(action)])
+    return out
 
 
-def print_confusion(matrix, labels: list[str], rows: list[str] | None = None) -> None:
-    rows = rows or labels
-    width = max(len(x) for x in labels + rows) + 2
-    print(" " * width + "".join(f"{x:>{width}}" for x in labels) + "   (rows: truth, columns: predicted)")
-    for name, counts in zip(rows, matrix):
-        print(f"{name:<{width}}" + "".join(f"{c:>{width}}" for c in counts))
+def scores(gold: list, pred: list, actions: list) -> dict[str, float | None]:
+    style = calibrate(pred, gold, mode="style")
+    binary = calibrate(pred, gold, mode="binary")
+    caution = [p == "compliance" for p, a in zip(pred, actions) if a == 3]
+    refusals = [p != "compliance" for g, p in zip(gold, pred) if g == "full_refusal"]
+    return {"n": binary.n, "bin": binary.accuracy, "3way": style.accuracy,
+            "caut>C": sum(caution) / len(caution) if caution else None,
+            "ref": sum(refusals) / len(refusals) if refusals else None}
+
+
+def fmt(x: float | None) -> str:
+    return "   -  " if x is None else f"{x:6.3f}"
 
 
 def main() -> int:
     import pandas as pd
 
-    path = DATA / "do_not_answer" / "do_not_answer.parquet"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=("held-out", "dev", "all"), default="held-out")
+    parser.add_argument("--errors", type=int, default=0, help="print N disagreements per class "
+                        "(dev split only: reading held-out errors would tune on them)")
+    args = parser.parse_args()
+    path = DATA / "refusal_labels" / "refusal_labels.parquet"
     if not path.exists():
         print(f"missing {path}; set SAFESAMPLE_SHARED_DATA", file=sys.stderr)
         return 1
     df = pd.read_parquet(path)
-    responses = df["response"].tolist()
-    truth = [DO_NOT_ANSWER_STYLES[int(a)] for a in df["response_action"]]
-    rules = classify_responses(responses)
-    keywords = keyword_baseline(responses)
-    halves = {"dev (even rows)": slice(0, None, 2), "held-out (odd rows)": slice(1, None, 2),
-              "all": slice(None)}
+    df["held_out"] = [held_out(s) for s in df["instruction"]]
+    df["gold"] = gold_styles(df)
+    df["rules"] = classify_responses(df["response"].tolist())
+    df["strmatch"] = xstest_string_match(df["response"].tolist())
+    df["act"] = [None if a is pd.NA or a != a else int(a) for a in df["action"]]
+    if args.split != "all":
+        df = df[df["held_out"] == (args.split == "held-out")]
 
-    print(f"do_not_answer: {len(df)} GPT-4 responses with human action labels")
-    print("mapping: " + ", ".join(f"{a}->{s}" for a, s in sorted(DO_NOT_ANSWER_STYLES.items()) if a != 5))
-    print()
-    print(f"{'split':<22}{'task':<15}{'rules acc':>10}{'rules F1':>10}{'kw acc':>9}{'kw F1':>9}")
-    results = {}
-    for split, sl in halves.items():
-        r = evaluate(truth[sl], rules[sl])
-        k = evaluate(truth[sl], keywords[sl])
-        results[split] = (r, k)
-        for task in r:
-            print(f"{split:<22}{task:<15}{r[task]['accuracy']:>10.3f}{r[task]['macro_f1']:>10.3f}"
-                  f"{k[task]['accuracy']:>9.3f}{k[task]['macro_f1']:>9.3f}")
-    r_all, k_all = results["all"]
-    styles = list(REFUSAL_STYLES)
-    print("\nrules, 3-class confusion (all rows):")
-    print_confusion(r_all["3-class"]["confusion"], styles)
-    print("\nkeyword baseline, 3-class confusion (all rows):")
-    print_confusion(k_all["3-class"]["confusion"], styles)
+    print(f"refusal_labels, {args.split} split (held out: sha256(instruction) % 10 < 3): {len(df)} rows")
+    judges = ("rules", "strmatch")
+    head = f"{'model':<17}{'n':>5}" + "".join(f"{j + ' ' + m:>16}" for j in judges
+                                              for m in ("bin", "3way", "caut>C", "ref"))
+    print(head)
+    groups = [(m, df[df["model"] == m]) for m in sorted(df["model"].unique())] + [("all", df)]
+    for name, part in groups:
+        row = f"{name:<17}"
+        for k, judge in enumerate(judges):
+            s = scores(part["gold"].tolist(), part[judge].tolist(), part["act"].tolist())
+            if k == 0:
+                row += f"{s['n']:>5}"
+            row += "".join(f"{fmt(s[m]):>16}" for m in ("bin", "3way", "caut>C", "ref"))
+        print(row)
 
-    names = df.groupby("response_action")["response_action_name"].first().to_dict()
-    print("\nrules: human action class (rows) -> predicted style (columns), all rows:")
-    table = pd.crosstab(pd.Series([f"{a} {names[a]}" for a in df["response_action"]], name="action"),
-                        pd.Series(rules, name="predicted")).reindex(columns=styles, fill_value=0)
-    print(table.to_string())
-    print("\nkeyword baseline: human action class -> predicted style, all rows:")
-    table = pd.crosstab(pd.Series([f"{a} {names[a]}" for a in df["response_action"]], name="action"),
-                        pd.Series(keywords, name="predicted")).reindex(columns=styles, fill_value=0)
-    print(table.to_string())
+    amb = df[df["act"].isin([1, 4])]
+    if len(amb):
+        print("\nambiguous Do-Not-Answer actions (not scored), rules' styles:")
+        print(pd.crosstab(amb["act"].map({1: "1 refute_opinion", 4: "4 cannot_answer_knowledge"}),
+                          amb["rules"]).to_string())
 
+    if args.errors:
+        if args.split == "held-out":
+            print("\n--errors is for the dev split", file=sys.stderr)
+            return 2
+        scored = df[df["gold"].notna()]
+        wrong = scored[scored["gold"] != scored["rules"]]
+        for (g, p), part in wrong.groupby(["gold", "rules"]):
+            print(f"\n===== gold {g} -> rules {p}: {len(part)}")
+            for _, r in part.head(args.errors).iterrows():
+                print(f"--- [{r['model']} act={r['act']}] {r['instruction'][:100]!r}\n{r['response'][:700]!r}")
+
+    dna = DATA / "do_not_answer" / "do_not_answer.parquet"
+    if dna.exists():
+        pool = pd.read_parquet(dna)
+        gold = [DO_NOT_ANSWER_ACTIONS[int(a)] for a in pool["response_action"]]
+        acts = [int(a) for a in pool["response_action"]]
+        print(f"\nout of sample: Do-Not-Answer GPT-4 pool ({len(pool)} rows, a model absent from the labels)")
+        for judge, pred in (("rules", classify_responses(pool["response"].tolist())),
+                            ("strmatch", xstest_string_match(pool["response"].tolist()))):
+            s = scores(gold, pred, acts)
+            print(f"  {judge:<9} n {s['n']}, binary {fmt(s['bin'])}, caution->compliance {fmt(s['caut>C'])}, "
+                  f"refusals caught {fmt(s['ref'])}")
     alpaca = DATA / "alpaca_gpt4_demo" / "alpaca_gpt4_demo.parquet"
     if alpaca.exists():
         outputs = pd.read_parquet(alpaca)["output"].tolist()
-        for name, pred in [("rules", classify_responses(outputs)), ("keywords", keyword_baseline(outputs))]:
-            counts = pd.Series(pred).value_counts().reindex(styles, fill_value=0)
-            print(f"\nalpaca_gpt4_demo benign answers ({len(outputs)}), {name}: "
-                  + ", ".join(f"{s} {counts[s]} ({counts[s] / len(outputs):.1%})" for s in styles))
-
-    held_r, held_k = results["held-out (odd rows)"]
-    gain = held_r["3-class"]["macro_f1"] - held_k["3-class"]["macro_f1"]
-    print(f"\nheld-out 3-class macro-F1: rules {held_r['3-class']['macro_f1']:.3f} vs keywords "
-          f"{held_k['3-class']['macro_f1']:.3f} ({gain:+.3f})")
+        pred = classify_responses(outputs)
+        print(f"benign Alpaca answers ({len(outputs)}): rules call "
+              f"{sum(p == 'compliance' for p in pred) / len(pred):.1%} compliance")
     return 0
 
 
