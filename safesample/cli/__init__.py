@@ -18,7 +18,7 @@ from typer._click import exceptions as click_errors
 from safesample import __version__, console
 from safesample.errors import (EXIT_CODES_HELP, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE,
                                SafesampleError)
-from safesample.cli import cluster, common, embed, finetune, judge, label, mix, select
+from safesample.cli import cluster, common, embed, finetune, judge, label, mix, report, select
 
 HELP = f"""Pick a small, behavior-aware and diverse set of safety examples to mix into LLM
 fine-tuning data, fine-tune with it, and judge the result.
@@ -36,7 +36,7 @@ app = typer.Typer(name="safesample", help=HELP, no_args_is_help=True, rich_marku
                   context_settings={"help_option_names": ["-h", "--help"]},
                   pretty_exceptions_enable=False)
 
-for module in (label, embed, cluster, select, mix, finetune, judge):
+for module in (label, embed, cluster, select, mix, finetune, judge, report):
     app.command(module.NAME, help=module.HELP, no_args_is_help=True)(module.command)
 
 
