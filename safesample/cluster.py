@@ -20,6 +20,14 @@ deterministic for a seed. Each row gets `cluster` (ids unique across groups), `c
 `k="auto"` picks k = round(sqrt(n / 2)) clamped to [1, 100] for each group of n rows: the usual
 rule of thumb, which grows with the pool but keeps clusters of about sqrt(2n) rows; it needs no
 extra passes over the data, unlike silhouette search.
+
+An all-zero embedding has no direction (its cosine to every category is 0): it is refused with a
+DataError naming its id, never given a category with score 0.0. Embeddings are read and checked
+by `safesample.vectors` (dimension, finite values, the dimension the embedding model records).
+
+The stage: `ClusterOptions`, `plan(table, options, reference=...)` (what --dry-run prints) and
+`cluster_table(table, options, reference=..., reporter=...)`, which embeds a reference that lacks
+the pool's embeddings with the pool's own model (`reference_vectors`).
 """
 
 from __future__ import annotations
@@ -27,88 +35,24 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from safesample import console
 from safesample.errors import DataError, UsageError
+from safesample.reporter import SILENT, Advance, Reporter
 from safesample.schema import require
+from safesample.tables import put_column
+from safesample.vectors import embedding_matrix, numpy_to_arrow, unit_rows
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from safesample.embed import TextSpec
+
 ALGORITHMS = ("auto", "sklearn", "faiss")
 AUTO_K_MAX = 100
 MISSING = None  # the group key of rows without a category
 _CHUNK = 65_536
-
-
-# --------------------------------------------------------------------------------------------
-# embeddings in, validated
-
-
-def embedding_matrix(table: "pa.Table", column: str = "embedding", name: str = "the input",
-                     command: str = "cluster") -> "np.ndarray":
-    """The embeddings as a float32 (n, d) array; refuses missing, null, ragged or NaN vectors."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    require(table, [column], command)
-    col = table.column(column)
-    ids = table.column("id") if "id" in table.column_names else None
-
-    def first_id(mask) -> str:
-        if ids is None:
-            return "?"
-        return str(table.filter(mask).column("id")[0].as_py())
-
-    if col.null_count:
-        raise DataError(f"{name} has {col.null_count} rows without an embedding (first: id "
-                        f"{first_id(pc.is_null(col))!r})",
-                        "re-run `safesample embed` on the whole table")
-    n = len(col)
-    if pa.types.is_fixed_size_list(col.type):
-        dim = col.type.list_size
-    else:
-        lengths = pc.list_value_length(col)
-        lo, hi = pc.min_max(lengths).values() if n else (pa.scalar(0), pa.scalar(0))
-        if lo.as_py() != hi.as_py():
-            raise DataError(f"{name} has embeddings of mixed dimensions ({lo.as_py()} to {hi.as_py()})",
-                            "embed every row with the same model: re-run `safesample embed` on the "
-                            "whole table")
-        dim = lo.as_py() or 0
-    if n and dim == 0:
-        raise DataError(f"{name} has empty embedding vectors", "re-run `safesample embed`")
-    if col.num_chunks == 1 and col.type.value_type == pa.float32():
-        matrix = col.chunk(0).flatten().to_numpy(zero_copy_only=False).reshape(n, dim)  # zero-copy
-    else:  # one copy, chunk by chunk (no combined Arrow array on the way)
-        matrix = np.empty((n, dim), np.float32)
-        lo = 0
-        for chunk in col.chunks:
-            values = chunk.flatten().to_numpy(zero_copy_only=False)
-            matrix[lo:lo + len(chunk)] = values.reshape(len(chunk), dim)
-            lo += len(chunk)
-    # A row sum is finite only if every value is (no n x d boolean temporary at 1M rows).
-    finite = np.isfinite(matrix.sum(axis=1, dtype=np.float64))
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        where = f" (first: id {ids[int(bad[0])].as_py()!r})" if ids is not None else ""
-        raise DataError(f"{name} has {len(bad)} embeddings with NaN or infinite values{where}",
-                        "re-run `safesample embed` (with --no-cache if they came from the cache)")
-    return matrix
-
-
-def unit_rows(matrix: "np.ndarray") -> "np.ndarray":
-    """Rows scaled to length 1 (zero rows stay zero); no copy when they already are."""
-    import numpy as np
-
-    if not len(matrix):
-        return matrix
-    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
-    if np.all(np.abs(norms - 1) < 1e-3):
-        return matrix
-    return matrix / np.maximum(norms, 1e-12)[:, None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +91,7 @@ def reference_column(table: "pa.Table", requested: str | None) -> str:
                     "pass --reference-col with the reference's category column")
 
 
-def labelled_rows(table: "pa.Table", column: str) -> "pa.Table":
+def labelled_rows(table: "pa.Table", column: str, reporter: Reporter = SILENT) -> "pa.Table":
     """The reference rows that carry a category; refuses a reference with none."""
     import pyarrow as pa
 
@@ -162,7 +106,7 @@ def labelled_rows(table: "pa.Table", column: str) -> "pa.Table":
         raise DataError(f"the reference column {column!r} is empty: none of its {len(keep)} rows has a "
                         "category", "pass a labelled reference table, or another --reference-col")
     if dropped:
-        console.warn(f"ignoring {dropped} reference rows with an empty {column!r}")
+        reporter.warn(f"ignoring {dropped} reference rows with an empty {column!r}")
     return table.filter(pa.array(keep)) if dropped else table
 
 
@@ -232,20 +176,13 @@ def assign_categories(table: "pa.Table", vectors: "np.ndarray", reference: Refer
     category = names.take(pa.array(primary))
     score_arr = pa.array(np.where(np.isfinite(category_score), category_score, np.nan).astype(np.float32),
                          mask=~np.isfinite(category_score))
-    table = _put(table, column, category)
-    table = _put(table, "category_score", score_arr)
-    table = _put(table, "categories", members)
+    table = put_column(table, column, category)
+    table = put_column(table, "category_score", score_arr)
+    table = put_column(table, "categories", members)
     counts = np.bincount(primary, minlength=len(vocab))
     report = CategoryReport(kept=int((~missing).sum()), assigned=int(missing.sum()),
                             counts={vocab[i]: int(c) for i, c in enumerate(counts) if c})
     return table, report
-
-
-def _put(table: "pa.Table", name: str, values) -> "pa.Table":
-    """Add a column, or replace it in place (a rerun over its own output)."""
-    if name in table.column_names:
-        return table.set_column(table.column_names.index(name), name, values)
-    return table.append_column(name, values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +301,7 @@ class ClusterReport:
 
 
 def cluster_vectors(vectors: "np.ndarray", groups: list | None, k: int | None, algorithm: str, seed: int,
-                    progress: Callable[[int], None] | None = None) -> tuple["np.ndarray", "np.ndarray", "np.ndarray", ClusterReport]:
+                    progress: Advance | None = None) -> tuple["np.ndarray", "np.ndarray", "np.ndarray", ClusterReport]:
     """k-means over all rows (`groups` None) or within each group; returns (cluster, distance,
     size, report). Cluster ids are consecutive and unique across groups, in group order."""
     import numpy as np
@@ -411,14 +348,12 @@ def cluster_vectors(vectors: "np.ndarray", groups: list | None, k: int | None, a
 def add_clusters(table: "pa.Table", cluster: "np.ndarray", distance: "np.ndarray", size: "np.ndarray") -> "pa.Table":
     import numpy as np
 
-    from safesample.embed import numpy_to_arrow
-
-    table = _put(table, "cluster", numpy_to_arrow(cluster.astype(np.int64, copy=False)))
-    table = _put(table, "cluster_distance", numpy_to_arrow(distance.astype(np.float32, copy=False)))
-    return _put(table, "cluster_size", numpy_to_arrow(size.astype(np.int64, copy=False)))
+    table = put_column(table, "cluster", numpy_to_arrow(cluster.astype(np.int64, copy=False)))
+    table = put_column(table, "cluster_distance", numpy_to_arrow(distance.astype(np.float32, copy=False)))
+    return put_column(table, "cluster_size", numpy_to_arrow(size.astype(np.int64, copy=False)))
 
 
-def group_keys(table: "pa.Table", column: str, command: str = "cluster") -> list:
+def group_keys(table: "pa.Table", column: str, command: str = "cluster", reporter: Reporter = SILENT) -> list:
     """The `--within` column's values, missing (null/blank) ones as None."""
     require(table, [column], command)
     values = table.column(column).to_pylist()
@@ -428,5 +363,210 @@ def group_keys(table: "pa.Table", column: str, command: str = "cluster") -> list
                         "nothing to group by",
                         "pass --reference REF.parquet to assign categories first, or drop --within")
     if any(missing):
-        console.warn(f"{sum(missing)} rows have no {column!r}; they are clustered as a group of their own")
+        reporter.warn(f"{sum(missing)} rows have no {column!r}; they are clustered as a group of their own")
     return [None if m else v for v, m in zip(values, missing)]
+
+
+# --------------------------------------------------------------------------------------------
+# the reference's embeddings: its own when the pool's model made them, else embedded now
+
+
+def reference_spec(ref_table: "pa.Table", reference_text: str | None, pool_spec) -> "TextSpec":
+    """What to embed of a reference without usable embeddings: --reference-text, else the text
+    the pool was embedded from (when the reference has those columns), else instruction, else
+    prompt."""
+    from safesample.embed import TextSpec
+
+    if reference_text:
+        return TextSpec(text=reference_text)
+    names = set(ref_table.column_names)
+    if pool_spec is not None and set(pool_spec.columns) <= names:
+        return pool_spec
+    for name in ("instruction", "prompt"):
+        if name in names:
+            return TextSpec(text=name)
+    raise DataError("the reference table has no embeddings and no text column to embed (neither "
+                    "'instruction' nor 'prompt')", "pass --reference-text COLUMN, or embed the reference "
+                    "with `safesample embed REF --text COLUMN -o ref.parquet` first")
+
+
+def reference_vectors(pool: "pa.Table", ref_table: "pa.Table", options: "ClusterOptions", dim: int, *,
+                      embed_now: bool = True, reporter: Reporter = SILENT,
+                      load_encoder: Callable[..., Any] | None = None) -> tuple["np.ndarray | None", str, str | None]:
+    """The reference's embeddings: its own when made by the pool's model, else embedded now with
+    the pool's model (from the embedding column's metadata, else the provenance).
+
+    Returns (vectors, or None when `embed_now` is false and they would have to be embedded; a note
+    saying which; the model used if embedded)."""
+    from safesample import embed
+    from safesample.backends.embedding import choose_backend, resolve_model
+    from safesample.vectors import embedding_model, field_info
+
+    pool_model, pool_backend = embedding_model(pool)
+    ref_info = field_info(ref_table)
+    wanted = options.model or pool_model
+    if "embedding" in ref_table.column_names and options.reference_text is None:
+        same_model = not (ref_info.get("model") and wanted and ref_info["model"] != wanted)
+        ref_vectors = embedding_matrix(ref_table, name="the reference table", unit=True)
+        if same_model and ref_vectors.shape[1] == dim:
+            return ref_vectors, "its own embeddings", None
+        why = f"embedded with {ref_info.get('model')}" if not same_model else f"{ref_vectors.shape[1]}-d embeddings"
+        reporter.info(f"the reference has {why}; embedding it again with the pool's model")
+    if not wanted:
+        reporter.warn("the input does not say which model embedded it; embedding the reference with the "
+                      "default model (pass --model if the input used another)")
+    spec = reference_spec(ref_table, options.reference_text, embed.TextSpec.parse(field_info(pool).get("text")))
+    texts = embed.texts_of(ref_table, spec, command="cluster --reference", choose="--reference-text COLUMN")
+    ref_model = resolve_model(wanted)
+    chosen = choose_backend(options.backend or pool_backend or "auto", ref_model)
+    what = f"template {spec.template!r}" if spec.template else f"column {spec.text!r}"
+    how = f"embedded on the fly: {what} with {ref_model.name} on {chosen}"
+    if not embed_now:
+        return None, how, ref_model.name
+    reporter.info(f"the reference has no embeddings of the pool's model; {how}")
+    if load_encoder is None:
+        from safesample.backends.embedding import load_encoder
+    with embed.cache_for(ref_model.settings(chosen), enabled=options.cache) as cache, \
+            reporter.progress(None, f"embedding the reference ({chosen})", unit="texts") as advance:
+        vectors = embed.embed_texts(texts, lambda: load_encoder(ref_model, chosen, options.batch_size),
+                                    cache=cache, batch_size=options.batch_size, progress=advance)
+    if vectors.shape[1] != dim:
+        raise DataError(f"the reference embeds to {vectors.shape[1]} dims but the input has {dim}-d embeddings",
+                        "pass --model with the model that embedded the input")
+    return unit_rows(vectors, name="the reference's embeddings"), how, ref_model.name
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+@dataclass
+class ClusterOptions:
+    reference: str | None = None  # the reference table's name (its path), for messages
+    reference_col: str | None = None  # its category column [category_coarse, else category]
+    reference_text: str | None = None  # what to embed of a reference without usable embeddings
+    threshold: float = 0.15
+    within: str | None = None
+    k: int | None = None  # per group; None: auto_k
+    algorithm: str = "sklearn"  # a choice of `choose_algorithm`
+    clusters: bool = True  # False: categories only
+    model: str | None = None  # embeds the reference [default: the pool's model]
+    backend: str | None = None
+    batch_size: int = 64
+    cache: bool = True
+    seed: int = 0
+
+
+@dataclass
+class ClusterResult:
+    table: "pa.Table"
+    models: dict[str, str] = field(default_factory=dict)
+    categories: CategoryReport | None = None
+    clusters: ClusterReport | None = None
+
+
+@dataclass
+class _Prepared:
+    vectors: "np.ndarray"
+    labels: list[str] = field(default_factory=list)  # one per labelled reference row
+    label_col: str | None = None
+    ref_vectors: "np.ndarray | None" = None
+    how: str = ""
+    ref_model: str | None = None
+
+
+def validate(options: ClusterOptions) -> None:
+    """The checks of the options alone (before any table is read)."""
+    if not -1.0 <= options.threshold <= 1.0:
+        raise UsageError(f"--threshold {options.threshold} is not a cosine similarity",
+                         "pass a value in [-1, 1], e.g. 0.15")
+    if options.algorithm not in ("sklearn", "faiss"):
+        raise UsageError(f"unknown --algorithm {options.algorithm!r}",
+                         "pass sklearn or faiss (or resolve auto with `choose_algorithm`)")
+
+
+def _prepare(table: "pa.Table", options: ClusterOptions, reference: "pa.Table | None", *, embed_now: bool,
+             reporter: Reporter, load_encoder: Callable[..., Any] | None) -> _Prepared:
+    """Every check that needs no model, then the reference's vectors (embedded when `embed_now`)."""
+    validate(options)
+    vectors = embedding_matrix(table, name="the input", unit=True)
+    reporter.debug(f"{len(vectors)} embeddings of {vectors.shape[1]} dims")
+    k, within = options.k, options.within
+    if options.clusters and within is None and k is not None and k > len(vectors):
+        raise UsageError(f"--k {k} asks for more clusters than the input has rows ({len(vectors)})",
+                         "pass a smaller --k, or --k auto")
+    if within and options.clusters and not (within == "category" and reference is not None):
+        require(table, [within], "cluster")  # before any reference is embedded
+    prepared = _Prepared(vectors)
+    if reference is not None:
+        prepared.label_col = reference_column(reference, options.reference_col)
+        labelled = labelled_rows(reference, prepared.label_col, reporter)
+        prepared.labels = [str(v) for v in labelled.column(prepared.label_col).to_pylist()]
+        prepared.ref_vectors, prepared.how, prepared.ref_model = reference_vectors(
+            table, labelled, options, vectors.shape[1], embed_now=embed_now, reporter=reporter,
+            load_encoder=load_encoder)
+    return prepared
+
+
+def plan(table: "pa.Table", options: ClusterOptions, *, reference: "pa.Table | None" = None,
+         reporter: Reporter = SILENT) -> list[str]:
+    """What --dry-run prints: the inputs validated, the reference and k-means planned; no model loaded."""
+    prepared = _prepare(table, options, reference, embed_now=False, reporter=reporter, load_encoder=None)
+    lines = []
+    if reference is not None:
+        lines.append(f"plan: assign categories from {options.reference or 'the reference'} "
+                     f"({len(prepared.labels)} rows, {len(set(prepared.labels))} values of "
+                     f"{prepared.label_col!r}; {prepared.how})")
+    n, within, k = len(prepared.vectors), options.within, options.k
+    if options.clusters:
+        if within and reference is None:
+            sizes: dict = {}
+            for g in group_keys(table, within, reporter=reporter):
+                sizes[g] = sizes.get(g, 0) + 1
+            ks = [auto_k(s) if k is None else min(k, s) for s in sizes.values()]
+            lines.append(f"plan: k-means within {len(sizes)} groups of {within!r} ({sum(ks)} clusters in all) "
+                         f"with {options.algorithm}")
+        elif within:
+            lines.append(f"plan: k-means within each assigned {within!r} with {options.algorithm}")
+        else:
+            lines.append(f"plan: k-means over {n} rows x {prepared.vectors.shape[1]} dims, k = "
+                         f"{auto_k(n) if k is None else k} with {options.algorithm}")
+    return lines
+
+
+def cluster_table(table: "pa.Table", options: ClusterOptions, *, reference: "pa.Table | None" = None,
+                  reporter: Reporter = SILENT, load_encoder: Callable[..., Any] | None = None) -> ClusterResult:
+    """Categories (kept, or assigned from `reference`) and k-means clusters for `table`.
+
+    `load_encoder(model, backend, batch_size)` embeds a reference that lacks the pool's
+    embeddings (default: `safesample.backends.embedding.load_encoder`)."""
+    prepared = _prepare(table, options, reference, embed_now=True, reporter=reporter, load_encoder=load_encoder)
+    result = ClusterResult(table)
+    if prepared.ref_model:
+        result.models["reference_embedding"] = prepared.ref_model
+    if prepared.ref_vectors is not None:
+        ref = build_reference(prepared.ref_vectors, prepared.labels)
+        name = f"reference {options.reference}" if options.reference else "the reference"
+        reporter.info(f"{name}: {len(prepared.labels)} rows in {len(ref.labels)} categories of "
+                      f"{prepared.label_col!r} ({prepared.how})")
+        result.table, report = assign_categories(result.table, prepared.vectors, ref, options.threshold)
+        result.categories = report
+        top = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items(), key=lambda kv: -kv[1])[:6])
+        reporter.info(f"categories: {report.assigned} rows assigned from the reference, {report.kept} "
+                      f"kept ({top}{', ...' if len(report.counts) > 6 else ''})")
+    elif "category" in table.column_names and options.within != "category":
+        reporter.debug("keeping the input's own category column")
+    if options.clusters:
+        within = options.within
+        groups = group_keys(result.table, within, reporter=reporter) if within else None
+        with reporter.progress(table.num_rows, f"k-means ({options.algorithm})") as advance:
+            labels, distance, size, report = cluster_vectors(prepared.vectors, groups, options.k, options.algorithm,
+                                                            options.seed, progress=advance)
+        result.table = add_clusters(result.table, labels, distance, size)
+        result.clusters = report
+        if report.capped:
+            reporter.warn(f"{len(report.capped)} groups have fewer rows than --k {options.k}; each got one "
+                          "cluster per row")
+        where = f"within {len(report.groups)} groups of {within!r}" if within else "over all rows"
+        reporter.info(f"clusters: {report.clusters} {where} ({options.algorithm}, seed {options.seed})")
+    return result

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from safesample.cache import Cache, settings_key, text_key
 from safesample.errors import DataError, UsageError
+from safesample.reporter import SILENT, Advance, Reporter
 from safesample.schema import require
+from safesample.vectors import COLUMN, embedding_field, put_embeddings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,13 +28,7 @@ if TYPE_CHECKING:
 
     from safesample.backends.embedding import Encoder
 
-COLUMN = "embedding"
 CACHE_NAMESPACE = "embeddings"
-# Field metadata on the `embedding` column: which model and text made it, so `cluster` can embed
-# a reference table the same way and refuse to compare vectors of different models.
-META_MODEL = b"safesample.model"
-META_BACKEND = b"safesample.backend"
-META_TEXT = b"safesample.text"
 _CHUNK_BATCHES = 8  # batches per cached chunk
 
 
@@ -122,7 +118,7 @@ class EmbedStats:
 
 
 def embed_texts(texts: Sequence[str], encoder_factory: Callable[[], "Encoder"], cache: Cache | None = None,
-                batch_size: int = 64, progress: Callable[[int], None] | None = None,
+                batch_size: int = 64, progress: Advance | None = None,
                 stats: EmbedStats | None = None) -> "np.ndarray":
     """(len(texts), dim) float32 vectors: each distinct text once, cached ones from `cache`.
 
@@ -176,41 +172,6 @@ def embed_texts(texts: Sequence[str], encoder_factory: Callable[[], "Encoder"], 
     return vectors if len(unique) == len(texts) else vectors[positions]
 
 
-def embedding_field(dim: int, model: str, backend: str, spec: TextSpec) -> "pa.Field":
-    import pyarrow as pa
-
-    return pa.field(COLUMN, pa.list_(pa.float32(), dim),
-                    metadata={META_MODEL: model.encode(), META_BACKEND: backend.encode(),
-                              META_TEXT: spec.describe().encode()})
-
-
-def numpy_to_arrow(values: "np.ndarray") -> "pa.Array":
-    """A 1-d numeric numpy array as an Arrow array, zero-copy; unlike `pa.array` this does not
-    import pandas (0.3-0.5 s, a large part of a fully cached rerun)."""
-    import numpy as np
-    import pyarrow as pa
-
-    values = np.ascontiguousarray(values)
-    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
-
-
-def vectors_column(vectors: "np.ndarray") -> "pa.FixedSizeListArray":
-    import numpy as np
-    import pyarrow as pa
-
-    dim = vectors.shape[1] if vectors.ndim == 2 else 0
-    flat = numpy_to_arrow(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, dim)
-
-
-def with_embeddings(table: "pa.Table", vectors: "np.ndarray", field: "pa.Field") -> "pa.Table":
-    """The table with `embedding` added (or replaced in place)."""
-    column = vectors_column(vectors)
-    if field.name in table.column_names:
-        return table.set_column(table.column_names.index(field.name), field, column)
-    return table.append_column(field, column)
-
-
 def cache_for(settings: dict[str, str], enabled: bool = True) -> Cache:
     return Cache(CACHE_NAMESPACE, settings_key(**settings), enabled=enabled)
 
@@ -221,10 +182,82 @@ def count_cached(texts: Sequence[str], cache: Cache) -> tuple[int, int]:
     return len(unique), len(cache.get_many([text_key(t) for t in unique]))
 
 
-def field_info(table: "pa.Table", column: str = COLUMN) -> dict[str, str]:
-    """The model, backend and text recorded on an embedding column (empty when unknown)."""
-    if column not in table.column_names:
-        return {}
-    meta = table.schema.field(column).metadata or {}
-    return {key.decode().removeprefix("safesample."): value.decode() for key, value in meta.items()
-            if key in (META_MODEL, META_BACKEND, META_TEXT)}
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+@dataclass
+class EmbedOptions:
+    text: str = "instruction"
+    template: str | None = None  # overrides `text`; \n and \t already unescaped
+    model: str = "all-MiniLM-L6-v2"
+    backend: str = "auto"
+    batch_size: int = 64
+    cache: bool = True
+
+    @property
+    def spec(self) -> TextSpec:
+        return TextSpec(text=self.text, template=self.template)
+
+
+@dataclass
+class EmbedResult:
+    table: "pa.Table"
+    model: str
+    backend: str
+    stats: EmbedStats
+
+
+def validate(options: EmbedOptions) -> None:
+    """The checks that need no table: backend name, template syntax."""
+    from safesample.backends.embedding import BACKENDS
+
+    if options.backend not in BACKENDS:
+        raise UsageError(f"unknown --backend {options.backend!r}", f"pass one of: {', '.join(BACKENDS)}")
+    options.spec.columns  # noqa: B018 - validates the template before reading anything
+
+
+def _describe(spec: TextSpec) -> str:
+    return f"template {spec.template!r}" if spec.template else f"column {spec.text!r}"
+
+
+def plan(table: "pa.Table", options: EmbedOptions) -> list[str]:
+    """What --dry-run prints: how many texts are new to the cache; loads no model."""
+    from safesample.backends.embedding import choose_backend, resolve_model
+
+    validate(options)
+    texts = texts_of(table, options.spec)
+    model = resolve_model(options.model)
+    chosen = choose_backend(options.backend, model)
+    with cache_for(model.settings(chosen), enabled=options.cache) as cache:
+        distinct, cached = count_cached(texts, cache)
+    return [f"plan: embed {_describe(options.spec)} of {len(texts)} rows ({distinct} distinct texts, {cached} "
+            f"cached, {distinct - cached} to compute) with {model.name} on {chosen}, batches of "
+            f"{options.batch_size}"]
+
+
+def embed_table(table: "pa.Table", options: EmbedOptions, *, reporter: Reporter = SILENT,
+                load_encoder: Callable[..., "Encoder"] | None = None) -> EmbedResult:
+    """The table with `embedding` added (or replaced); `load_encoder(model, backend, batch_size)`
+    makes the encoder (default: `safesample.backends.embedding.load_encoder`), called only when
+    some text is not cached."""
+    from safesample.backends.embedding import choose_backend, resolve_model
+
+    validate(options)
+    spec = options.spec
+    texts = texts_of(table, spec)
+    model = resolve_model(options.model)
+    chosen = choose_backend(options.backend, model)
+    if load_encoder is None:
+        from safesample.backends.embedding import load_encoder
+    stats = EmbedStats()
+    with cache_for(model.settings(chosen), enabled=options.cache) as cache, \
+            reporter.progress(None, f"embedding ({chosen})", unit="texts") as advance:
+        vectors = embed_texts(texts, lambda: load_encoder(model, chosen, options.batch_size), cache=cache,
+                              batch_size=options.batch_size, progress=advance, stats=stats)
+    out = put_embeddings(table, vectors, embedding_field(stats.dim, model.name, chosen, spec.describe(), COLUMN))
+    rate = f", {stats.embedded / stats.seconds:.0f} texts/s" if stats.embedded and stats.seconds > 0 else ""
+    reporter.info(f"embedded {_describe(spec)} of {stats.rows} rows: {stats.distinct} distinct texts, "
+                  f"{stats.cached} from the cache, {stats.embedded} computed with {model.name} on {chosen} "
+                  f"({stats.dim} dims, {stats.seconds:.1f} s{rate})")
+    return EmbedResult(out, model.name, chosen, stats)

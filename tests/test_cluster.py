@@ -44,40 +44,6 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# embeddings in
-
-
-def test_embedding_matrix_reads_fixed_and_variable_lists_without_changing_values():
-    vectors, _, _ = planted(n_per=3)
-    fixed = cluster.embedding_matrix(emb_table(vectors))
-    np.testing.assert_array_equal(fixed, vectors)
-    ragged_type = pa.table({"embedding": pa.array(vectors.astype(np.float64).tolist(), pa.list_(pa.float64()))})
-    np.testing.assert_allclose(cluster.embedding_matrix(ragged_type), vectors, rtol=1e-6)
-    sliced = emb_table(vectors).slice(2, 5)  # offsets into the child array are honoured
-    np.testing.assert_array_equal(cluster.embedding_matrix(sliced), vectors[2:7])
-
-
-@pytest.mark.parametrize("case, message", [
-    ("missing", "needs a column 'embedding'"),
-    ("mixed", "mixed dimensions"),
-    ("nan", "NaN"),
-    ("null", "without an embedding"),
-])
-def test_bad_embeddings_are_data_errors_with_hints(case: str, message: str):
-    tables = {
-        "missing": pa.table({"id": ["a"], "instruction": ["x"]}),
-        "mixed": pa.table({"id": ["a", "b"], "embedding": [[0.1, 0.2], [0.1, 0.2, 0.3]]}),
-        "nan": pa.table({"id": ["a", "b"], "embedding": [[0.1, 0.2], [float("nan"), 0.3]]}),
-        "null": pa.table({"id": ["a", "b"], "embedding": [[0.1, 0.2], None]}),
-    }
-    with pytest.raises(DataError, match=message) as exc:
-        cluster.embedding_matrix(tables[case])
-    assert "safesample embed" in exc.value.hint
-    if case == "nan":
-        assert "'b'" in exc.value.message
-
-
-# --------------------------------------------------------------------------------------------
 # categories
 
 
@@ -243,7 +209,7 @@ def test_cli_assigns_categories_from_an_embedded_reference(tmp_path: Path):
 
 
 def test_reference_text_follows_the_pool_then_instruction_then_prompt():
-    from safesample.cli.cluster import _reference_spec
+    from safesample.cluster import reference_spec as _reference_spec
     from safesample.embed import TextSpec
 
     pair = TextSpec(template="{instruction}\n{response}")
@@ -377,3 +343,66 @@ def test_real_pipe_embed_into_cluster_with_reference(cache_dir: Path, tmp_path: 
     assert history[0]["models"]["embedding"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert history[1]["models"]["reference_embedding"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert str(reference) in history[1]["inputs"]
+
+
+# --------------------------------------------------------------------------------------------
+# issue 18: nothing silently wrong
+
+
+def _with_model_field(table: pa.Table, model_dim: int) -> pa.Table:
+    """The embedding column as `safesample embed` labels it: the model, and its dimension."""
+    from safesample.vectors import embedding_field
+
+    meta = embedding_field(model_dim, "sentence-transformers/all-MiniLM-L6-v2", "onnx",
+                           '{"text": "instruction"}').metadata
+    i = table.column_names.index("embedding")
+    return table.set_column(i, table.schema.field("embedding").with_metadata(meta), table.column("embedding"))
+
+
+@pytest.mark.parametrize("dim", [10, 1])
+def test_cli_refuses_embeddings_of_another_width_than_their_model(dim: int, tmp_path: Path):
+    vectors, _, _ = planted(n_per=5, k=2, dim=dim) if dim > 1 else (np.ones((10, 1), np.float32), None, None)
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(_with_model_field(emb_table(vectors), 384), pool)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    proc = cli("cluster", str(pool), "--k", "2", "-o", str(outdir / "c.parquet"),
+               env={"SAFESAMPLE_CACHE_DIR": str(tmp_path / "c")})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "hint: " in proc.stderr
+    assert f"{dim}-d embeddings" in proc.stderr and "384-d" in proc.stderr
+    assert no_output_left(outdir) == []
+
+
+def test_an_all_zero_vector_gets_no_category_but_a_clear_error(tmp_path: Path):
+    reference = cluster.build_reference(np.eye(3, dtype=np.float32), ["a", "b", "c"])
+    rows = np.array([[1, 0.1, 0], [0, 0, 0]], dtype=np.float32)
+    with pytest.raises(DataError, match="all-zero"):
+        cluster.assign_categories(emb_table(rows), rows, reference, threshold=0.5)
+    with pytest.raises(DataError, match="all-zero"):
+        cluster.cluster_vectors(rows, None, 1, "sklearn", seed=0)
+    ref = tmp_path / "ref.parquet"
+    pq.write_table(emb_table(np.eye(3, dtype=np.float32), category_coarse=["a", "b", "c"]), ref)
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(emb_table(np.array([[1, 0.1, 0], [0, 0, 0], [0, 1, 0]], dtype=np.float32)), pool)
+    out = tmp_path / "out.parquet"
+    proc = cli("cluster", str(pool), "--reference", str(ref), "--no-clusters", "-o", str(out),
+               env={"SAFESAMPLE_CACHE_DIR": str(tmp_path / "c")})
+    assert proc.returncode == 1, proc.stderr
+    assert "all-zero" in proc.stderr and "'r1'" in proc.stderr and "hint: " in proc.stderr
+    assert not out.exists()
+
+
+def test_cluster_table_is_the_stage_the_cli_calls():
+    from safesample.reporter import RecordingReporter
+
+    vectors, truth, _ = planted(n_per=10, k=3, dim=8)
+    table = emb_table(vectors, category=[["a", "b"][t % 2] for t in truth])
+    options = cluster.ClusterOptions(within="category", k=2, algorithm="sklearn", seed=1)
+    lines = cluster.plan(table, options)
+    assert lines == ["plan: k-means within 2 groups of 'category' (4 clusters in all) with sklearn"]
+    reporter = RecordingReporter()
+    result = cluster.cluster_table(table, options, reporter=reporter)
+    assert result.table.column_names == table.column_names + ["cluster", "cluster_distance", "cluster_size"]
+    assert result.clusters.clusters == 4 and result.models == {}
+    assert any("clusters: 4 within 2 groups" in m for _, m in reporter.messages)

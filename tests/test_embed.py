@@ -15,6 +15,7 @@ import pytest
 
 from conftest import cli, no_output_left, shared_dataset
 from safesample import embed
+from safesample import vectors as vectors_
 from safesample.cache import Cache
 from safesample.errors import DataError, ModelError, UsageError
 from safesample.tables import get_provenance
@@ -147,12 +148,13 @@ def test_missing_or_null_text_is_a_data_error_naming_the_column():
 def test_embedding_column_is_fixed_size_float32_with_model_metadata():
     table = pa.table({"id": ["a", "b"], "embedding": [1, 2]})  # an old column is replaced in place
     vectors = np.arange(6, dtype=np.float64).reshape(2, 3)
-    field = embed.embedding_field(3, "some/model", "onnx", embed.TextSpec(text="instruction"))
-    out = embed.with_embeddings(table, vectors, field)
+    field = vectors_.embedding_field(3, "some/model", "onnx", embed.TextSpec(text="instruction").describe())
+    out = vectors_.put_embeddings(table, vectors, field)
     assert out.column_names == ["id", "embedding"]
     assert out.schema.field("embedding").type == pa.list_(pa.float32(), 3)
     assert out.column("embedding").to_pylist() == [[0, 1, 2], [3, 4, 5]]
-    assert embed.field_info(out) == {"model": "some/model", "backend": "onnx", "text": '{"text": "instruction"}'}
+    assert vectors_.field_info(out) == {"model": "some/model", "backend": "onnx", "text": '{"text": "instruction"}',
+                                        "dim": "3"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +317,7 @@ def test_cli_template_no_cache_and_dry_run(minilm, onnx_dir, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     assert "0 from the cache, 5 computed" in " ".join(proc.stderr.split())
     pairs = read(out)
-    assert embed.field_info(pairs)["text"] == '{"template": "{instruction}\\n{response}"}'
+    assert vectors_.field_info(pairs)["text"] == '{"template": "{instruction}\\n{response}"}'
     plain = cli("embed", pool, "--limit", "5", "-o", str(tmp_path / "plain.parquet"), env=env(cache_dir))
     a = np.array(pairs.column("embedding").to_pylist())
     b = np.array(read(tmp_path / "plain.parquet").column("embedding").to_pylist())

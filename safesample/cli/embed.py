@@ -6,9 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from safesample import console
-from safesample.cli.common import BatchSize, DryRun, Input, Limit, Output, Quiet, Verbose, load, save, setup
-from safesample.errors import UsageError
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Verbose, load, print_plan,
+                                   save, setup)
 
 NAME = "embed"
 HELP = """Add sentence embeddings of a text column (default: the instruction).
@@ -47,42 +46,21 @@ def command(input: Input, output: Output = "-", text: Text = "instruction", temp
             no_cache: NoCache = False, limit: Limit = None, dry_run: DryRun = False,
             quiet: Quiet = False, verbose: Verbose = False) -> None:
     setup(quiet, verbose)
-    from safesample import embed
-    from safesample.backends.embedding import BACKENDS, choose_backend, load_encoder, resolve_model
+    from safesample.console import CONSOLE
+    from safesample.embed import EmbedOptions, embed_table, plan, unescape, validate
     from safesample.tables import check_output
 
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown --backend {backend!r}", f"pass one of: {', '.join(BACKENDS)}")
+    options = EmbedOptions(text=text, template=unescape(template) if template is not None else None,
+                           model=model, backend=backend, batch_size=batch_size, cache=not no_cache)
+    validate(options)
     if not dry_run:
         check_output(output)
-    spec = embed.TextSpec(text=text, template=embed.unescape(template) if template is not None else None)
-    spec.columns  # noqa: B018 - validates the template before reading anything
     table = load(input, limit)
-    texts = embed.texts_of(table, spec)
-    ref = resolve_model(model)
-    chosen = choose_backend(backend, ref)
-    cache = embed.cache_for(ref.settings(chosen), enabled=not no_cache)
-    what = f"template {spec.template!r}" if spec.template else f"column {spec.text!r}"
-
     if dry_run:
-        distinct, cached = embed.count_cached(texts, cache)
-        console.info(f"plan: embed {what} of {len(texts)} rows ({distinct} distinct texts, {cached} "
-                     f"cached, {distinct - cached} to compute) with {ref.name} on {chosen}, batches of "
-                     f"{batch_size}; write to {'stdout' if output == '-' else output}")
-        console.info("dry run: no model loaded, nothing written")
+        print_plan(plan(table, options) + [f"would write {'stdout' if output == '-' else output}"])
         return
-
-    stats = embed.EmbedStats()
-    with cache, console.progress(None, f"embedding ({chosen})", unit="texts") as advance:
-        vectors = embed.embed_texts(texts, lambda: load_encoder(ref, chosen, batch_size), cache=cache,
-                                    batch_size=batch_size, progress=advance, stats=stats)
-    field = embed.embedding_field(stats.dim, ref.name, chosen, spec)
-    result = embed.with_embeddings(table, vectors, field)
-    rate = f", {stats.embedded / stats.seconds:.0f} texts/s" if stats.embedded and stats.seconds > 0 else ""
-    console.info(f"embedded {what} of {stats.rows} rows: {stats.distinct} distinct texts, {stats.cached} "
-                 f"from the cache, {stats.embedded} computed with {ref.name} on {chosen} "
-                 f"({stats.dim} dims, {stats.seconds:.1f} s{rate})")
-    save(result, output, NAME, {"text": spec.text if spec.template is None else None, "template": spec.template,
-                                "model": ref.name, "backend": chosen, "batch_size": batch_size,
-                                "cache": not no_cache, "limit": limit},
-         models={"embedding": ref.name}, inputs=[input])
+    result = embed_table(table, options, reporter=CONSOLE)
+    save(result.table, output, NAME, {"text": text if template is None else None, "template": options.template,
+                                      "model": result.model, "backend": result.backend,
+                                      "batch_size": batch_size, "cache": not no_cache, "limit": limit},
+         models={"embedding": result.model}, inputs=[input])
