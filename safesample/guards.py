@@ -34,6 +34,7 @@ from importlib import resources
 from typing import Callable, Sequence
 
 from safesample.errors import UsageError
+from safesample.reporter import Advance
 
 KINDS = ("wildguard", "llm")
 DEFAULT_WILDGUARD = "allenai/wildguard"
@@ -153,7 +154,7 @@ def build_prompts(engine, instructions: Sequence[str], responses: Sequence[str],
 
 
 def judge_pairs(engine, instructions: Sequence[str], responses: Sequence[str | None], kind: str = "wildguard",
-                template: str | None = None, cache: bool = True, progress: Callable[[int], None] | None = None,
+                template: str | None = None, cache: bool = True, progress: Advance | None = None,
                 max_response_chars: int = MAX_RESPONSE_CHARS, stats: dict | None = None) -> list[GuardVerdict]:
     """A verdict for each pair, in order. Missing responses get an error verdict, unjudged.
 

@@ -10,6 +10,11 @@ means the same thing on either engine and the parsing downstream does not care w
   vLLM is imported only here and only when used; `llm_factory` / `params_factory` are the seam
   where tests put a fake engine object (vLLM needs a GPU).
 
+Engines are context managers: `close()` (or leaving the `with` block) releases the weights
+(transformers: the model dropped, garbage collected, CUDA cache emptied; vLLM: its engine shut
+down too), so a run that switches models holds one at a time. A closed engine loads again if it
+is used again.
+
 `cached_generate` keeps outputs in the on-disk cache keyed by (model fingerprint, engine,
 settings, prompt hash), so a rerun only generates what is new.
 """
@@ -22,11 +27,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from safesample.backends.models import ModelRef, check_offline, load_causal_lm, load_tokenizer, resolve
+from safesample.backends.models import (ModelRef, check_offline, load_causal_lm, load_tokenizer, quiet_libraries,
+                                        release_memory, resolve)
 from safesample.errors import ModelError, UsageError
+from safesample.reporter import SILENT, Advance, Reporter
 
 ENGINES = ("auto", "transformers", "vllm")
-Progress = Callable[[int], None]
 
 
 class Engine(Protocol):
@@ -35,12 +41,18 @@ class Engine(Protocol):
     fingerprint: str  # what identifies the weights (for cache keys)
 
     def generate(self, prompts: list[str], max_new_tokens: int | None = None,
-                 progress: Progress | None = None) -> list[str]: ...
+                 progress: Advance | None = None) -> list[str]: ...
 
     def chat(self, instructions: list[str], system: str | None = None, max_new_tokens: int | None = None,
-             progress: Progress | None = None) -> list[str]: ...
+             progress: Advance | None = None) -> list[str]: ...
 
     def format_chat(self, instructions: list[str], system: str | None = None) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Engine": ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def vllm_available() -> bool:
@@ -54,10 +66,11 @@ def vllm_available() -> bool:
 
 def load_engine(model: str, engine: str = "auto", batch_size: int = 16, max_new_tokens: int = 256,
                 dtype: str = "auto", *, llm_factory: Callable[..., Any] | None = None,
-                params_factory: Callable[..., Any] | None = None) -> "Engine":
-    """Resolve `model` and start an engine for it.
+                params_factory: Callable[..., Any] | None = None, reporter: Reporter = SILENT) -> "Engine":
+    """Resolve `model` and start an engine for it (use it as a context manager, or `close()` it).
 
     engine="auto" picks vLLM when it is importable and CUDA is available, else transformers.
+    Unless `reporter.verbose`, the libraries' own bars and warnings are silenced.
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}", "use one of: " + ", ".join(ENGINES))
@@ -65,10 +78,12 @@ def load_engine(model: str, engine: str = "auto", batch_size: int = 16, max_new_
     check_offline(ref)  # an uncached hub id fails now, before torch and transformers load
     if engine == "auto":
         engine = "vllm" if llm_factory is not None or vllm_available() else "transformers"
+    quiet_libraries(reporter)
     if engine == "vllm":
         return VLLMEngine(ref, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype,
                           llm_factory=llm_factory, params_factory=params_factory)
-    return TransformersEngine(ref, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype)
+    return TransformersEngine(ref, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype,
+                              reporter=reporter)
 
 
 def model_fingerprint(ref: ModelRef) -> str:
@@ -102,6 +117,15 @@ class _EngineBase:
         self.fingerprint = model_fingerprint(ref)
         self.truncated_prompts = 0  # prompts cut to fit the context window (from the left)
 
+    def close(self) -> None:
+        """Release the weights (a later use loads them again)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def format_chat(self, instructions: list[str], system: str | None = None) -> list[str]:
         """Prompt texts for instructions: the tokenizer's chat template when it has one."""
         tok = self.tokenizer
@@ -118,7 +142,7 @@ class _EngineBase:
         return [f"{bos}{system}\n\n{text}" if system else f"{bos}{text}" for text in instructions]
 
     def chat(self, instructions: list[str], system: str | None = None, max_new_tokens: int | None = None,
-             progress: Progress | None = None) -> list[str]:
+             progress: Advance | None = None) -> list[str]:
         return self.generate(self.format_chat(instructions, system), max_new_tokens, progress)
 
     def _encode(self, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
@@ -137,7 +161,7 @@ class _EngineBase:
         return None
 
     def generate(self, prompts: list[str], max_new_tokens: int | None = None,
-                 progress: Progress | None = None) -> list[str]:
+                 progress: Advance | None = None) -> list[str]:
         raise NotImplementedError
 
 
@@ -147,11 +171,17 @@ class TransformersEngine(_EngineBase):
     name = "transformers"
 
     def __init__(self, ref: ModelRef, batch_size: int = 16, max_new_tokens: int = 256, dtype: str = "auto",
-                 device: str | None = None, model=None, tokenizer=None):
+                 device: str | None = None, model=None, tokenizer=None, reporter: Reporter = SILENT):
         tokenizer = tokenizer or load_tokenizer(ref, padding_side="left")
         super().__init__(ref, tokenizer, batch_size, max_new_tokens)
         self._model = model
-        self._load = lambda: load_causal_lm(ref, dtype=dtype, device=device)
+        self._load = lambda: load_causal_lm(ref, dtype=dtype, device=device, reporter=reporter)
+
+    def close(self) -> None:
+        """Drop the model (the only reference this engine holds), collect, empty the CUDA cache."""
+        if self._model is not None:
+            self._model = None
+            release_memory()
 
     @property
     def model(self):
@@ -166,7 +196,7 @@ class TransformersEngine(_EngineBase):
         return getattr(config, "max_position_embeddings", None)
 
     def generate(self, prompts: list[str], max_new_tokens: int | None = None,
-                 progress: Progress | None = None) -> list[str]:
+                 progress: Advance | None = None) -> list[str]:
         import torch
 
         if not prompts:
@@ -234,6 +264,15 @@ class VLLMEngine(_EngineBase):
         self._llm_factory = llm_factory
         self._llm_kwargs = kwargs
 
+    def close(self) -> None:
+        """Shut vLLM's engine down (its workers hold the weights and the KV cache), then drop it."""
+        if self._llm is None:
+            return
+        llm, self._llm = self._llm, None
+        _shutdown_vllm(llm)
+        del llm
+        release_memory()
+
     @property
     def llm(self):
         """Started on first use: a rerun served from the cache never starts vLLM."""
@@ -252,7 +291,7 @@ class VLLMEngine(_EngineBase):
             return None
 
     def generate(self, prompts: list[str], max_new_tokens: int | None = None,
-                 progress: Progress | None = None) -> list[str]:
+                 progress: Advance | None = None) -> list[str]:
         if not prompts:
             return []
         new_tokens = max_new_tokens or self.max_new_tokens
@@ -275,6 +314,29 @@ class VLLMEngine(_EngineBase):
         return results
 
 
+def _shutdown_vllm(llm) -> None:
+    """Best effort, in the order vLLM offers it: `LLM.shutdown()` (newer releases), else the V1
+    engine core's `shutdown()`; then its model-parallel groups, when vLLM itself is loaded (a
+    fake engine in tests never imports it)."""
+    import contextlib
+    import sys
+
+    stop = getattr(llm, "shutdown", None)
+    if stop is None:
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        stop = getattr(core, "shutdown", None)
+    if callable(stop):
+        with contextlib.suppress(Exception):
+            stop()
+    if "vllm" in sys.modules:
+        with contextlib.suppress(Exception):
+            from vllm.distributed.parallel_state import (destroy_distributed_environment,
+                                                         destroy_model_parallel)
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+
+
 def _vllm_llm(**kwargs):
     from vllm import LLM
 
@@ -292,7 +354,7 @@ def _vllm_params(**kwargs):
 
 
 def cached_generate(engine: "Engine", prompts: list[str], *, max_new_tokens: int | None = None,
-                    cache: bool = True, progress: Progress | None = None, namespace: str = "generations",
+                    cache: bool = True, progress: Advance | None = None, namespace: str = "generations",
                     purpose: str = "generate") -> tuple[list[str], int]:
     """Generate for `prompts`, reusing cached outputs; returns (outputs, number of cache hits).
 

@@ -6,17 +6,22 @@ the local Hugging Face cache fails with a message saying how to point at a local
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from safesample.errors import ModelError
+from safesample.reporter import SILENT, Reporter
 
-# The config file `safesample finetune` writes beside an adapter; it names the base model as the
-# user gave it (e.g. "smollm2"), which PEFT's own adapter_config cannot (it records a file path).
+# The config file `safesample finetune` writes beside an adapter (this module owns the name; the
+# finetune stage imports it); it names the base model as the user gave it (e.g. "smollm2"),
+# which PEFT's own adapter_config cannot (it records a file path).
 RUN_CONFIG = "safesample_config.json"
 
 
@@ -147,17 +152,22 @@ def device_and_dtype(device: str | None, dtype: str):
     return device, getattr(torch, dtype)
 
 
-def load_causal_lm(ref: ModelRef, dtype: str = "auto", device: str | None = None, trainable: bool = False):
+def load_causal_lm(ref: ModelRef, dtype: str = "auto", device: str | None = None, trainable: bool = False,
+                   *, reporter: Reporter = SILENT):
     """Load the base model (dequantising GGUF to fp32), then the adapter if the ref has one."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    quiet_libraries(reporter)
     device, torch_dtype = device_and_dtype(device, dtype)
     gguf_ref, ref = ref, _cached_copy(ref) or ref
     try:
         # A GGUF file dequantises to fp32; that is also the precision its cached copy keeps.
-        model = AutoModelForCausalLM.from_pretrained(
-            ref.path, dtype=torch.float32 if ref.gguf_file else torch_dtype, **_kwargs(ref))
+        if ref.gguf_file:
+            reporter.debug(f"de-quantising {ref.gguf_file} (once: a copy is cached)")
+        with _gguf_bar(enabled=reporter.verbose or not ref.gguf_file):
+            model = AutoModelForCausalLM.from_pretrained(
+                ref.path, dtype=torch.float32 if ref.gguf_file else torch_dtype, **_kwargs(ref))
     except (OSError, ValueError) as exc:
         raise _offline_error(ref, exc) from exc
     if ref.gguf_file:
@@ -172,7 +182,7 @@ def load_causal_lm(ref: ModelRef, dtype: str = "auto", device: str | None = None
         model.is_quantized = False
         if getattr(model.config, "_is_quantized", False):
             model.config._is_quantized = False
-        _save_copy(gguf_ref, model)
+        _save_copy(gguf_ref, model, reporter)
         model = model.to(torch_dtype)
     if ref.adapter:
         from peft import PeftModel
@@ -214,12 +224,10 @@ def _cached_copy(ref: ModelRef) -> ModelRef | None:
     return ModelRef(ref.spec, str(folder), adapter=ref.adapter)
 
 
-def _save_copy(ref: ModelRef, model) -> None:
+def _save_copy(ref: ModelRef, model, reporter: Reporter = SILENT) -> None:
     """Best effort: a failure to write the cache only costs the next load its speed."""
     import shutil
     import tempfile
-
-    from safesample import console
 
     folder = gguf_copy_dir(ref)
     if folder is None:
@@ -231,9 +239,70 @@ def _save_copy(ref: ModelRef, model) -> None:
         model.save_pretrained(tmp)
         load_tokenizer(ref).save_pretrained(tmp)
         os.replace(tmp, folder)
-        console.debug(f"cached a dequantised copy of {ref.gguf_file} in {folder}")
+        reporter.debug(f"cached a dequantised copy of {ref.gguf_file} in {folder}")
     except OSError as exc:  # includes another process having renamed its copy into place first
-        console.debug(f"not caching the dequantised model: {exc}")
+        reporter.debug(f"not caching the dequantised model: {exc}")
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Library noise and memory: what every model loader shares.
+
+
+def quiet_libraries(reporter: Reporter = SILENT, datasets: bool = False) -> None:
+    """Keep the libraries' own bars and chatter off stderr unless the reporter is verbose (-v).
+
+    The tool draws its own progress; in a log (`make demo`) Hugging Face's tqdm bars are
+    carriage-return noise, and PEFT warns "Could not find a config file" at every adapter save
+    when the base model is a local copy it cannot look up (the dequantised GGUF cache). This
+    sets process-wide switches (logging levels, a warnings filter), as the CLI wants.
+    """
+    if reporter.verbose:
+        return
+    import warnings
+
+    import huggingface_hub.utils
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    warnings.filterwarnings("ignore", message=r"Could not find a config file in ")
+    if datasets:
+        import datasets as hf_datasets
+
+        hf_datasets.disable_progress_bars()
+        hf_datasets.logging.set_verbosity_error()
+
+
+@contextmanager
+def _gguf_bar(enabled: bool) -> Iterator[None]:
+    """transformers draws a plain tqdm bar while de-quantising GGUF tensors, which no logging
+    switch reaches: hand its module a disabled tqdm for the load unless `enabled`."""
+    if enabled:
+        yield
+        return
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
+def release_memory() -> None:
+    """Collect garbage and return freed CUDA memory to the device; never imports torch itself
+    (a run that loaded no model has nothing to release)."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -6,18 +6,17 @@ formatted with the tokenizer's chat template when it has one (how chat reward mo
 trained: a user turn and an assistant turn), else encoded as a text pair (prompt, response).
 
 Scores are cached by model, settings and the pair's text, so rescoring a judged file only
-computes new rows.
+computes new rows. A RewardModel is a context manager: `close()` releases its weights.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from safesample.errors import ModelError, UsageError
-
-ProgressCallback = Callable[[int], None]
+from safesample.reporter import SILENT, Advance, Reporter
 
 
 class RewardModel:
@@ -33,6 +32,20 @@ class RewardModel:
         self.label = label  # None: the single logit of a one-output model
         self.fingerprint = fingerprint or name
 
+    def close(self) -> None:
+        """Drop the model (this object's reference to it), collect, empty the CUDA cache."""
+        if self.model is not None:
+            from safesample.backends.models import release_memory
+
+            self.model = None
+            release_memory()
+
+    def __enter__(self) -> "RewardModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def label_name(self) -> str | None:
         if self.label is None:
@@ -46,7 +59,7 @@ class RewardModel:
                 tokenize=False)
         return (prompt, response)
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str], progress: ProgressCallback | None = None,
+    def score(self, prompts: Sequence[str], responses: Sequence[str], progress: Advance | None = None,
               cache: bool = True) -> list[float]:
         import json
 
@@ -67,7 +80,7 @@ class RewardModel:
             found[keys[i]] = s
         return [found[k] for k in keys]
 
-    def _score(self, prompts: list[str], responses: list[str], progress: ProgressCallback | None) -> list[float]:
+    def _score(self, prompts: list[str], responses: list[str], progress: Advance | None) -> list[float]:
         import torch
 
         if not prompts:
@@ -133,10 +146,14 @@ def _pick_label(config, label: str | None) -> int | None:
 
 
 def load_reward_model(spec: str, *, batch_size: int = 16, max_length: int = 1024,
-                      label: str | None = None, dtype: str = "auto", device: str | None = None) -> RewardModel:
+                      label: str | None = None, dtype: str = "auto", device: str | None = None,
+                      reporter: Reporter = SILENT) -> RewardModel:
     """Load a sequence classifier (a local folder or a hub id) as a RewardModel."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from safesample.backends.models import quiet_libraries
+
+    quiet_libraries(reporter)
     path = Path(spec).expanduser()
     if spec.startswith((".", "/", "~")) and not path.exists():
         raise ModelError(f"reward model path {spec!r} does not exist", "check the path")
