@@ -28,16 +28,16 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from safesample import console
+from safesample.backends.models import RUN_CONFIG
 from safesample.errors import DataError, ModelError, UsageError
+from safesample.reporter import SILENT, Reporter
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 COMMAND = "finetune"
-RUN_CONFIG = "safesample_config.json"  # the same name models.RUN_CONFIG reads
 METRICS = "metrics.jsonl"
 PROVENANCE = "provenance.json"
 PARTIAL_SUFFIX = ".partial"
@@ -365,6 +365,12 @@ def prepare(table: "pa.Table", output: str, config: FinetuneConfig, resume: str 
     return examples, train_rows, val_rows, plan
 
 
+def plan(table: "pa.Table", config: FinetuneConfig, output: str, resume: str = "auto",
+         overwrite: bool = False) -> list[str]:
+    """What --dry-run prints: the validated plan, with no model loaded and nothing written."""
+    return prepare(table, output, config, resume, overwrite)[3].lines(config)
+
+
 def _device_settings() -> tuple[str, bool]:
     import torch
 
@@ -378,17 +384,19 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def train(table: "pa.Table", output: str, config: FinetuneConfig, *, resume: str = "auto",
-          overwrite: bool = False, provenance: list[dict[str, Any]] | None = None,
-          args_record: dict[str, Any] | None = None, callbacks: list | None = None,
-          progress: Callable[..., Any] | None = None) -> dict[str, Any]:
-    """Fine-tune and write the output folder; returns the resolved run config.
+def finetune_table(table: "pa.Table", config: FinetuneConfig, output: str, *, resume: str = "auto",
+                   overwrite: bool = False, args_record: dict[str, Any] | None = None,
+                   argv: list[str] | None = None, callbacks: list | None = None,
+                   reporter: Reporter = SILENT) -> dict[str, Any]:
+    """Fine-tune on `table` and write the output folder; returns the resolved run config.
 
-    `progress(total, description, unit=...)` is a context manager yielding `advance(n)`
-    (console.progress by default); `callbacks` are extra transformers TrainerCallbacks.
+    The folder's provenance.json is the table's history plus this run (`args_record`, `argv`).
+    Logs and the step progress go to `reporter`; `callbacks` are extra transformers
+    TrainerCallbacks.
     """
+    from safesample.tables import get_provenance
+
     examples, train_rows, val_rows, plan = prepare(table, output, config, resume, overwrite)
-    progress = progress or console.progress
     out, work = Path(plan.output), Path(plan.work_dir)
     fingerprint = _fingerprint(config, examples)
     main = _is_main_process()
@@ -399,43 +407,40 @@ def train(table: "pa.Table", output: str, config: FinetuneConfig, *, resume: str
         (work / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))
     started = time.monotonic()
     try:
-        result = _train(examples, train_rows, val_rows, plan, config, work, callbacks or [], progress)
-    except KeyboardInterrupt:
-        if main:
-            _after_failure(work, interrupted=True)
-        raise
+        result = _train(examples, train_rows, val_rows, plan, config, work, callbacks or [], reporter)
     except BaseException:
         if main:
-            _after_failure(work, interrupted=False)
+            _after_failure(work, reporter)
         raise
     trainer, model, tokenizer, ref, dtype = result
     if not main:
         return {}
     record = _run_record(config, plan, ref, dtype, trainer, time.monotonic() - started, args_record)
-    _finish(out, work, trainer, model, tokenizer, config, record, provenance or [], overwrite)
+    _finish(out, work, trainer, model, tokenizer, config, record, get_provenance(table), overwrite, argv,
+            reporter)
     return record
 
 
-def _after_failure(work: Path, interrupted: bool) -> None:
+def _after_failure(work: Path, reporter: Reporter) -> None:
     found = _checkpoints(work)
     if found:
-        console.warn(f"training stopped; checkpoints are kept in {work / CHECKPOINTS} "
+        reporter.warn(f"training stopped; checkpoints are kept in {work / CHECKPOINTS} "
                      f"(last: {found[-1].name}); rerun the same command to resume")
     else:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _train(examples: Examples, train_rows: list[int], val_rows: list[int], plan: Plan,
-           config: FinetuneConfig, work: Path, extra_callbacks: list, progress):
+           config: FinetuneConfig, work: Path, extra_callbacks: list, reporter: Reporter):
     from safesample.backends import models
 
-    quiet_libraries()
+    models.quiet_libraries(reporter, datasets=True)
     ref = models.resolve(config.model)
     dtype, bf16 = _device_settings()
-    console.info(f"loading {config.model} ({dtype})")
+    reporter.info(f"loading {config.model} ({dtype})")
     tokenizer = models.load_tokenizer(ref, padding_side="right")
     # Loaded on the CPU; the trainer moves it to its device (each process's own under torchrun).
-    model = models.load_causal_lm(ref, dtype=dtype, device="cpu")
+    model = models.load_causal_lm(ref, dtype=dtype, device="cpu", reporter=reporter)
     from peft import LoraConfig  # imported after the model loads, so a bad --model fails fast
     from trl import SFTConfig, SFTTrainer
 
@@ -475,7 +480,7 @@ def _train(examples: Examples, train_rows: list[int], val_rows: list[int], plan:
     metrics_path = work / METRICS
     if plan.resume_from:
         _trim_metrics(metrics_path, int(Path(plan.resume_from).name.rsplit("-", 1)[-1]))
-    callbacks = [_metrics_callback(metrics_path), _progress_callback(progress), *extra_callbacks]
+    callbacks = [_metrics_callback(metrics_path), _progress_callback(reporter), *extra_callbacks]
     try:
         trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(examples, train_rows),
                              eval_dataset=_dataset(examples, val_rows) if has_val else None,
@@ -491,31 +496,16 @@ def _train(examples: Examples, train_rows: list[int], val_rows: list[int], plan:
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; metrics.jsonl keeps them
     kept = len(trainer.train_dataset)
     if kept < len(train_rows):
-        console.warn(f"{len(train_rows) - kept} training rows were dropped: their prompt alone fills "
+        reporter.warn(f"{len(train_rows) - kept} training rows were dropped: their prompt alone fills "
                      f"--max-length {config.max_length}")
     if kept == 0:
         raise DataError("no training row fits --max-length", "raise --max-length")
     if plan.resume_from:
-        console.info(f"resuming from {plan.resume_from}")
+        reporter.info(f"resuming from {plan.resume_from}")
     trainer.train(resume_from_checkpoint=plan.resume_from)
     if has_val:
         trainer.evaluate()
     return trainer, trainer.model, tokenizer, ref, dtype
-
-
-def quiet_libraries() -> None:
-    """Keep the libraries' own bars and chatter off stderr unless -v: we draw our own progress."""
-    if console.verbosity() >= console.VERBOSE:
-        return
-    import datasets
-    import huggingface_hub.utils
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    huggingface_hub.utils.disable_progress_bars()
 
 
 def _cuda() -> bool:
@@ -547,7 +537,7 @@ def _metrics_callback(path: Path):
     return Metrics()
 
 
-def _progress_callback(progress):
+def _progress_callback(reporter: Reporter):
     from contextlib import ExitStack
 
     from transformers import TrainerCallback
@@ -559,7 +549,8 @@ def _progress_callback(progress):
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                self.advance = self.stack.enter_context(progress(state.max_steps, "training", unit="steps"))
+                self.advance = self.stack.enter_context(reporter.progress(state.max_steps, "training",
+                                                                          unit="steps"))
                 if state.global_step:  # resumed: the checkpoint's steps are done
                     self.advance(state.global_step)
 
@@ -569,7 +560,7 @@ def _progress_callback(progress):
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs and "loss" in logs:
-                console.debug(f"step {state.global_step}: loss {logs['loss']:.4f}")
+                reporter.debug(f"step {state.global_step}: loss {logs['loss']:.4f}")
 
         def on_train_end(self, args, state, control, **kwargs):
             self.stack.close()
@@ -618,8 +609,8 @@ def _run_record(config: FinetuneConfig, plan: Plan, ref, dtype: str, trainer, se
     }
 
 
-def _finish(out: Path, work: Path, trainer, model, tokenizer, config: FinetuneConfig,
-            record: dict[str, Any], provenance: list[dict[str, Any]], overwrite: bool) -> None:
+def _finish(out: Path, work: Path, trainer, model, tokenizer, config: FinetuneConfig, record: dict[str, Any],
+            provenance: list[dict[str, Any]], overwrite: bool, argv: list[str] | None, reporter: Reporter) -> None:
     """Build the finished folder inside the work folder, then rename it into place."""
     from safesample.tables import provenance_entry
 
@@ -633,10 +624,10 @@ def _finish(out: Path, work: Path, trainer, model, tokenizer, config: FinetuneCo
     if (work / METRICS).exists():
         shutil.copy2(work / METRICS, final / METRICS)
     entry = provenance_entry(COMMAND, record.get("args", {}), seed=config.seed,
-                             models={"base": record["base_model"]})
+                             models={"base": record["base_model"]}, argv=argv)
     (final / PROVENANCE).write_text(json.dumps(provenance + [entry], indent=1))
     if config.merge:
-        console.info("merging the adapter into the base weights")
+        reporter.info("merging the adapter into the base weights")
         merged = model.merge_and_unload()
         merged.save_pretrained(final / "merged")
         tokenizer.save_pretrained(final / "merged")

@@ -86,7 +86,7 @@ def test_train_interrupt_resume_and_adapter_loads(tiny_llama: Path, tmp_path: Pa
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        stage.train(table, str(out), _config(tiny_llama), callbacks=[StopAtThree()])
+        stage.finetune_table(table, _config(tiny_llama), str(out), callbacks=[StopAtThree()])
     work = stage.work_dir_for(out)
     assert not out.exists(), "an interrupted run must not look finished"
     assert [p.name for p in stage._checkpoints(work)] == ["checkpoint-2"]
@@ -106,9 +106,9 @@ def test_train_interrupt_resume_and_adapter_loads(tiny_llama: Path, tmp_path: Pa
     from safesample.errors import UsageError
 
     with pytest.raises(UsageError, match="different run.*lr"):
-        stage.train(table, str(out), _config(tiny_llama, lr=1e-3))
+        stage.finetune_table(table, _config(tiny_llama, lr=1e-3), str(out))
 
-    record = stage.train(table, str(out), _config(tiny_llama), args_record={"k": "v"})
+    record = stage.finetune_table(table, _config(tiny_llama), str(out), args_record={"k": "v"})
     assert record["resumed_from"].endswith("checkpoint-2") and record["steps"] == 4
     assert not work.exists()
     assert stage.is_complete_run(out)
@@ -167,6 +167,7 @@ def test_cli_trains_chat_template_with_validation_and_merge(tiny_llama: Path, tr
     assert any("loss" in m for m in metrics) and any("eval_loss" in m for m in metrics)
     history = json.loads((out / "provenance.json").read_text())
     assert [h["command"] for h in history] == ["mix", "finetune"] and history[-1]["seed"] == 5
+    assert history[-1]["argv"][:2] == ["finetune", str(train_table)] and "--merge" in history[-1]["argv"]
     assert not stage.work_dir_for(out).exists()
     from safesample.backends import models
 

@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from safesample import console
-from safesample.cli.common import BatchSize, DryRun, Input, Limit, Quiet, Seed, Verbose, load, setup
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Quiet, Seed, Verbose, argv, load,
+                                   print_plan, setup)
 
 NAME = "finetune"
 HELP = """Fine-tune a model with LoRA (PEFT + TRL) on a training table, e.g. the output of `mix`.
@@ -94,7 +94,7 @@ def command(
 ) -> None:
     setup(quiet, verbose)
     from safesample import finetune as stage
-    from safesample.tables import get_provenance
+    from safesample.console import CONSOLE
 
     stage.check_output_dir(output, overwrite)
     config = stage.FinetuneConfig(
@@ -105,21 +105,18 @@ def command(
         merge=merge, seed=seed)
     table = load(input, limit)
     if dry_run:
-        _, _, _, plan = stage.prepare(table, output, config, resume, overwrite)
-        for line in plan.lines(config):
-            console.console.print(line, markup=False, highlight=False, soft_wrap=True)
-        console.console.print("dry run: no model loaded, nothing written", markup=False)
+        print_plan(stage.plan(table, config, output, resume, overwrite))
         return
     args = {"input": input, "output": output, "model": model, "template": template, "epochs": epochs,
             "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
             "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
             "target_modules": target_modules, "max_length": max_length, "val_size": val_size,
             "val_include_safety": val_include_safety, "seed": seed, "limit": limit, "merge": merge}
-    record = stage.train(table, output, config, resume=resume, overwrite=overwrite,
-                         provenance=get_provenance(table), args_record=args)
+    record = stage.finetune_table(table, config, output, resume=resume, overwrite=overwrite, args_record=args,
+                                  argv=argv(), reporter=CONSOLE)
     if record:
         loss = record["final_train_loss"]
-        console.info(f"trained {record['steps']} steps in {record['train_seconds']:.0f} s"
+        CONSOLE.info(f"trained {record['steps']} steps in {record['train_seconds']:.0f} s"
                      + (f", final loss {loss:.4f}" if loss is not None else "")
                      + f"; wrote {output}")
 
