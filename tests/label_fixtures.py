@@ -78,3 +78,6 @@ class ScriptedEngine:
 
     def chat(self, instructions, system=None, max_new_tokens=None, progress=None):
         return self.generate(self.format_chat(instructions, system), max_new_tokens, progress)
+
+    def close(self):
+        self.closed = True

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
-                                   save, setup)
+                                   print_plan, save, setup)
 from safesample.errors import UsageError
 
 NAME = "label"
@@ -78,8 +78,8 @@ def command(
     verbose: Verbose = False,
 ) -> None:
     setup(quiet, verbose)
-    from safesample import console
-    from safesample.label import LabelOptions, label_table, plan, summary, validate
+    from safesample.console import CONSOLE
+    from safesample.label import LabelOptions, label_table, plan, summary
     from safesample.tables import check_output
 
     if engine not in ("auto", "transformers", "vllm"):
@@ -100,23 +100,16 @@ def command(
     if not dry_run:
         check_output(output)
     table = load(input, limit)
-    validate(table, opts)
-    models = [m for m in (generate, model if judge != "rules" else None) if m]
-    if models:
-        from safesample.backends.models import check_offline, resolve
-
-        for m in models:  # a wrong path or an uncached hub id fails now, before anything loads
-            check_offline(resolve(m))
+    lines = plan(table, opts)  # validates the table and the model names, loads nothing
     if dry_run:
-        for line in plan(table, opts):
-            console.console.print(line, markup=False, highlight=False)
+        print_plan(lines)
         return
 
-    result = label_table(table, opts, progress=console.progress, log=console.info)
+    result = label_table(table, opts, reporter=CONSOLE)
     args = {"judge": judge, "model": model, "engine": engine, "generate": generate, "system": system,
             "max_new_tokens": max_new_tokens, "prompt_file": str(prompt_file) if prompt_file else None,
             "harmful_col": harmful_col, "all_harmful": all_harmful, "safe_responses": safe_responses,
             "max_response_chars": max_response_chars, "dtype": dtype, "cache": not no_cache,
             "limit": limit, "batch_size": batch_size}
     save(result.table, output, NAME, args, seed=seed, models=result.models, inputs=[input])
-    console.info(summary(result.stats))
+    CONSOLE.info(summary(result.stats))
