@@ -1,7 +1,10 @@
 """Judging a model: generate its responses to evaluation prompts, score them, summarise, compare.
 
-Stage logic only (no CLI code). Collaborators come in as arguments, so everything here runs
-with fake engines in tests:
+Stage logic only (no CLI code): `JudgeOptions`, `validate(opts)` (the checks that need no
+table), `plan(table, opts)` (what --dry-run prints) and `judge_table(table, opts, *, reporter,
+load_engine, load_reward_model) -> JudgeResult`, which generates, scores, summarises, compares
+and checks the gates. One model is resident at a time: each engine is closed before the next
+loads. Collaborators come in as arguments, so everything here runs with fake engines in tests:
 
 - an *engine* (`safesample.backends.generation.load_engine`) with `.chat(instructions, system=,
   max_new_tokens=, progress=)` and `.generate(prompts, max_new_tokens=, progress=)`;
@@ -25,10 +28,11 @@ column ("comply" vs "refuse"), or a column the caller names.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from safesample.errors import DataError, UsageError
+from safesample.errors import CheckFailed, DataError, UsageError
+from safesample.reporter import SILENT, Advance, Reporter
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -55,7 +59,220 @@ METRICS = {
 }
 COMPARED = ("refusal_rate", "over_refusal_rate", "harmful_response_rate", "mean_reward")
 
-Progress = Callable[[int], None]
+
+
+@dataclass
+class JudgeOptions:
+    model: str | None = None  # generate the responses with this model; else score `response`
+    responses: bool = False  # score the input's existing `response` column
+    prompt_col: str | None = None  # default: prompt, else instruction
+    category_col: str = "category"  # summary breakdown (skipped when absent)
+    benign_col: str | None = None
+    scorers: list[str] = field(default_factory=lambda: ["rules"])  # see `parse_scorers`
+    judge_model: str | None = None  # the wildguard / llm scorers' guard model
+    judge_template: str | None = None  # the llm scorer's prompt (text)
+    reward_model: str | None = None
+    reward_label: str | None = None
+    engine: str = "auto"
+    template: str = "auto"  # how prompts are written for the model: auto, alpaca, chat, raw
+    system: str | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    dtype: str = "auto"
+    compare: str | None = None  # the name of the `base` table judge_table compares against
+    bootstrap: int = 1000
+    fail_under: list[str] = field(default_factory=list)  # METRIC=VALUE
+    fail_over: list[str] = field(default_factory=list)
+    cache: bool = True
+    seed: int = 0
+
+    @property
+    def guards(self) -> list[str]:
+        return [s for s in self.scorers if s in GUARDS]
+
+
+@dataclass
+class JudgeResult:
+    table: "pa.Table"
+    summary: dict[str, Any]  # what --summary writes: settings, metrics, compare, gates
+    models: dict[str, str]  # for provenance
+    prompt_col: str
+    category_col: str | None
+    template: str | None
+
+
+# --------------------------------------------------------------------------------------------
+# options
+
+
+def parse_scorers(values: Sequence[str] | None) -> list[str]:
+    """`--scorer` values (repeated or comma-separated) as a list without duplicates."""
+    names: list[str] = []
+    for value in values or ["rules"]:
+        for name in value.split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name not in SCORERS:
+                raise UsageError(f"unknown scorer {name!r}", f"scorers: {', '.join(SCORERS)}")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise UsageError("no scorer given", f"scorers: {', '.join(SCORERS)}")
+    return names
+
+
+def validate(opts: JudgeOptions) -> list["Gate"]:
+    """Every check that needs neither the table nor a model; returns the parsed gates."""
+    unknown = [s for s in opts.scorers if s not in SCORERS]
+    if unknown:
+        raise UsageError(f"unknown scorer {unknown[0]!r}", f"scorers: {', '.join(SCORERS)}")
+    if opts.guards and not opts.judge_model:
+        raise UsageError(f"the {opts.guards[0]} scorer needs --judge-model",
+                         "pass a guard model, e.g. --judge-model allenai/wildguard or a local folder")
+    if "reward" in opts.scorers and not opts.reward_model:
+        raise UsageError("the reward scorer needs --reward-model",
+                         "pass a sequence-classification model folder or hub id")
+    if opts.responses and opts.model:
+        raise UsageError("--responses scores existing responses; --model generates new ones",
+                         "pass one of them")
+    if not opts.responses and not opts.model:
+        raise UsageError("nothing to judge: pass --model MODEL to generate responses, or --responses "
+                         "to score the input's `response` column", "see `safesample judge --help`")
+    gates = parse_gates(opts.fail_under, opts.fail_over, opts.scorers, comparing=opts.compare is not None)
+    resolve_template(opts.model, opts.template)
+    return gates
+
+
+def check_models(opts: JudgeOptions) -> None:
+    """A bad path, adapter or uncached hub id fails now, before anything loads."""
+    from safesample.backends.models import check_offline, resolve
+
+    for spec in filter(None, [opts.model, opts.judge_model if opts.guards else None]):
+        check_offline(resolve(spec))
+
+
+@dataclass
+class _Inputs:
+    prompt_col: str
+    prompts: list[str]
+    inputs: list[str | None]
+    groups: list[str]
+    group_source: str | None
+    category: str | None
+    template: str | None
+    existing: list[str | None] | None  # the responses scored with --responses
+
+
+def _read_inputs(table: "pa.Table", opts: JudgeOptions, base: "pa.Table | None") -> _Inputs:
+    """Every check of the data (no model): prompts, benign flags, responses, the compared table."""
+    prompt_col = prompt_column(table, opts.prompt_col)
+    prompts, inputs = prompt_texts(table, prompt_col)
+    groups, group_source = eval_groups(table, opts.benign_col)
+    existing = None
+    if opts.responses:
+        from safesample.schema import require
+
+        if "response" not in table.column_names:
+            raise DataError(f"--responses scores the input's 'response' column, which it lacks "
+                            f"(found: {', '.join(table.column_names)})",
+                            "drop --responses and pass --model MODEL to generate the responses")
+        require(table, ["response"], COMMAND)  # the type check
+        existing = table.column("response").to_pylist()
+    if base is not None and "refusal" not in base.column_names:
+        raise DataError(f"--compare {opts.compare!r} has no 'refusal' column",
+                        "pass a file written by `safesample judge`")
+    return _Inputs(prompt_col, prompts, inputs, groups, group_source,
+                   opts.category_col if opts.category_col in table.column_names else None,
+                   resolve_template(opts.model, opts.template) if opts.model else None, existing)
+
+
+def _plan_line(table: "pa.Table", opts: JudgeOptions, got: _Inputs) -> str:
+    counts = {g: got.groups.count(g) for g in GROUPS if got.groups.count(g)}
+    return (f"judge {table.num_rows} prompts from {got.prompt_col!r} "
+            f"({', '.join(f'{v} {k}' for k, v in counts.items())}"
+            + (f", flagged by {got.group_source!r}" if got.group_source else "") + ")"
+            + (f"; generate with {opts.model} ({got.template} template, {opts.max_new_tokens} new tokens, "
+               f"engine {opts.engine})" if opts.model else "; score the existing responses")
+            + f"; scorers: {', '.join(opts.scorers)}"
+            + (f"; compare with {opts.compare}" if opts.compare else ""))
+
+
+def plan(table: "pa.Table", opts: JudgeOptions, base: "pa.Table | None" = None) -> list[str]:
+    """What --dry-run prints; validates the options, the data and the model names first."""
+    validate(opts)
+    got = _read_inputs(table, opts, base)
+    check_models(opts)
+    return [_plan_line(table, opts, got)]
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None" = None,
+                reporter: Reporter = SILENT, load_engine: Callable[..., Any] | None = None,
+                load_reward_model: Callable[..., Any] | None = None) -> JudgeResult:
+    """Generate (with `opts.model`) or take the responses, score them, summarise, compare with
+    `base` (another judged table) and check the gates.
+
+    `load_engine(model, engine=, batch_size=, max_new_tokens=, dtype=, reporter=)` and
+    `load_reward_model(spec, batch_size=, label=, dtype=, reporter=)` make the models; each is
+    closed before the next one loads. A failed gate is in `summary["gates"]`; `gate_failure`
+    turns it into the error to raise once the outputs are written.
+    """
+    gates = validate(opts)
+    got = _read_inputs(table, opts, base)
+    if load_engine is None:
+        from safesample.backends.generation import load_engine
+
+        check_models(opts)
+    if load_reward_model is None:
+        from safesample.backends.reward import load_reward_model
+    n = table.num_rows
+    reporter.info(_plan_line(table, opts, got))
+    responses = got.existing
+    if opts.model:
+        if "response" in table.column_names:
+            reporter.warn("the input already has a 'response' column; it is replaced by the new "
+                          "generations (pass --responses to score it instead)")
+        with load_engine(opts.model, engine=opts.engine, batch_size=opts.batch_size,
+                         max_new_tokens=opts.max_new_tokens, dtype=opts.dtype, reporter=reporter) as gen, \
+                reporter.progress(n, "generating") as advance:
+            responses = generate(gen, got.prompts, got.inputs, got.template, system=opts.system,
+                                 max_new_tokens=opts.max_new_tokens, cache=opts.cache, progress=advance)
+    assert responses is not None
+    columns: dict[str, list] = {}
+    if opts.model:
+        columns["response"] = responses
+    columns["eval_group"] = got.groups
+    for name in opts.scorers:
+        if name == "rules":
+            columns.update(score_rules(responses))
+        elif name in GUARDS:
+            with load_engine(opts.judge_model, engine=opts.engine, batch_size=opts.batch_size,
+                             max_new_tokens=64, dtype=opts.dtype, reporter=reporter) as guard, \
+                    reporter.progress(n, f"judging ({name})") as advance:
+                columns.update(score_guard(guard, name, got.prompts, responses, template=opts.judge_template,
+                                           cache=opts.cache, progress=advance))
+        elif name == "reward":
+            with load_reward_model(opts.reward_model, batch_size=opts.batch_size, label=opts.reward_label,
+                                   dtype=opts.dtype, reporter=reporter) as rm, \
+                    reporter.progress(n, "reward") as advance:
+                columns.update(score_reward(rm, got.prompts, responses, cache=opts.cache, progress=advance))
+    columns.update(combine(columns, opts.guards, n))
+    judged = assemble(table, columns)
+
+    summary = {"model": opts.model, "template": got.template, "scorers": list(opts.scorers),
+               "benign_flag": got.group_source, "category_col": got.category,
+               **summarize(judged, got.category, opts.guards)}
+    if base is not None:
+        summary["compare"] = {"base": opts.compare, **compare(judged, base, got.category, n_boot=opts.bootstrap,
+                                                               seed=opts.seed)}
+    summary["gates"] = check_gates(summary, gates)
+    models = {k: v for k, v in (("model", opts.model), ("judge", opts.judge_model),
+                                ("reward", opts.reward_model)) if v}
+    return JudgeResult(judged, summary, models, got.prompt_col, got.category, got.template)
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +367,7 @@ def resolve_template(model: str | None, template: str) -> str:
 
 def generate(engine, prompts: Sequence[str], inputs: Sequence[str | None], template: str, *,
              system: str | None = None, max_new_tokens: int | None = None, cache: bool = True,
-             progress: Progress | None = None) -> list[str]:
+             progress: Advance | None = None) -> list[str]:
     """Greedy responses, in order; cached by (model fingerprint, settings, prompt text)."""
     from safesample.backends.generation import cached_generate
     from safesample.finetune import alpaca_prompt, chat_text
@@ -194,7 +411,7 @@ def score_rules(responses: Sequence[str | None], classify: Callable | None = Non
 
 
 def score_guard(engine, kind: str, prompts: Sequence[str], responses: Sequence[str | None], *,
-                template: str | None = None, cache: bool = True, progress: Progress | None = None,
+                template: str | None = None, cache: bool = True, progress: Advance | None = None,
                 judge_pairs: Callable | None = None) -> dict[str, list]:
     if judge_pairs is None:
         from safesample.guards import judge_pairs
@@ -207,7 +424,7 @@ def score_guard(engine, kind: str, prompts: Sequence[str], responses: Sequence[s
 
 
 def score_reward(reward_model, prompts: Sequence[str], responses: Sequence[str | None], *,
-                 cache: bool = True, progress: Progress | None = None) -> dict[str, list]:
+                 cache: bool = True, progress: Advance | None = None) -> dict[str, list]:
     scores = reward_model.score(list(prompts), [r or "" for r in responses], progress=progress, cache=cache)
     return {"reward": scores}
 
@@ -228,6 +445,8 @@ def assemble(table: "pa.Table", columns: dict[str, list]) -> "pa.Table":
     """The input table with `columns` added, replacing any of the same name."""
     import pyarrow as pa
 
+    from safesample.tables import put_column
+
     types = {"refusal_style": pa.string(), "response": pa.string(), "eval_group": pa.string(),
              "reward": pa.float64()}
     for name, values in columns.items():
@@ -237,11 +456,7 @@ def assemble(table: "pa.Table", columns: dict[str, list]) -> "pa.Table":
             typ = types[name]
         else:
             typ = pa.bool_()
-        array = pa.array(values, typ)
-        if name in table.column_names:
-            table = table.set_column(table.column_names.index(name), name, array)
-        else:
-            table = table.append_column(name, array)
+        table = put_column(table, name, pa.array(values, typ))
     return table
 
 
@@ -467,3 +682,78 @@ def check_gates(summary: dict[str, Any], gates: Sequence[Gate]) -> list[dict[str
         results.append({"metric": gate.metric, "op": gate.op, "threshold": gate.threshold,
                         "value": value, "passed": passed})
     return results
+
+
+def gate_failure(summary: dict[str, Any]) -> CheckFailed | None:
+    """The error to raise (exit 3) for the gates `summary` failed, after the outputs are written."""
+    failed = [g for g in summary.get("gates", []) if not g["passed"]]
+    if not failed:
+        return None
+    text = "; ".join(f"{g['metric']} = {g['value']:.4g} is {'below' if g['op'] == 'under' else 'above'} "
+                     f"{g['threshold']:g}" for g in failed)
+    return CheckFailed(f"judge gate failed: {text}", "the judged table and summary were written; "
+                       "inspect them to see which prompts moved")
+
+
+# --------------------------------------------------------------------------------------------
+# the summary as text: what the CLI prints (it only lays the cells out)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table: one row per category, then `overall` (last).
+
+    Only the columns this run measured.
+    """
+    overall = summary["overall"]
+    columns: list[tuple[str, Callable[[dict], str]]] = [("n", lambda m: str(m["n"]))]
+    if overall["refusal_rate"] is not None:
+        columns.append(("refused", lambda m: _pct(m["refusal_rate"])))
+    if overall["full_refusal_rate"] is not None:
+        columns.append(("full refusal", lambda m: _pct(m["full_refusal_rate"])))
+    if overall["over_refusal_rate"] is not None:
+        columns.append(("over-refusal", lambda m: _pct(m["over_refusal_rate"])))
+    if overall["harmful_response_rate"] is not None:
+        columns.append(("harmful resp.", lambda m: _pct(m["harmful_response_rate"])))
+    if overall["mean_reward"] is not None:
+        columns.append(("reward", lambda m: _num(m["mean_reward"])))
+    if any(s in summary["scorers"] for s in GUARDS):
+        columns.append(("parse fail", lambda m: str(m["parse_failures"])))
+    columns.append(("empty", lambda m: str(m["empty_responses"])))
+    rows = [[name, *(f(metrics) for _, f in columns)] for name, metrics in summary["by_category"].items()]
+    rows.append(["overall", *(f(overall) for _, f in columns)])
+    return ["category", *(name for name, _ in columns)], rows
+
+
+def compare_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table (no rows without --compare)."""
+    header = ["metric", "category", "n", "base", "now", "change", "95% CI"]
+    rows = []
+    for metric, scopes in summary.get("compare", {}).get("metrics", {}).items():
+        fmt = _num if metric == "mean_reward" else _pct
+        for scope, s in scopes.items():
+            ci = "-" if s["ci_low"] is None else f"[{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]"
+            rows.append([metric, scope, str(s["n"]), fmt(s["base"]), fmt(s["now"]), fmt(s["delta"]), ci])
+    return header, rows
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The paired transitions (with --compare) and each gate's outcome, one line each."""
+    lines = []
+    for name, t in summary.get("compare", {}).get("transitions", {}).items():
+        p = t.get("mcnemar_p")
+        lines.append(f"{name} prompts, base -> now: refused->refused {t['refused->refused']}, "
+                     f"refused->complied {t['refused->complied']}, complied->refused "
+                     f"{t['complied->refused']}, complied->complied {t['complied->complied']}"
+                     + (f" (McNemar p = {p:.3g})" if p is not None else ""))
+    for g in summary.get("gates", []):
+        mark = "ok" if g["passed"] else "FAILED"
+        lines.append(f"gate --fail-{g['op']} {g['metric']}={g['threshold']:g}: {g['value']:.4g} {mark}")
+    return lines
