@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from conftest import cli, shared_dataset
 from safesample import select as sel
 from safesample.errors import DataError, ModelError, UsageError
+from safesample.reporter import RecordingReporter
 from safesample.tables import get_provenance, read_table
 
 STRATEGIES = list(sel.STRATEGIES)
@@ -87,7 +88,7 @@ def synthetic_pool(n: int, seed: int, dim: int = 8, categories: int = 4, cluster
 
 
 def _unit_rows(table: pa.Table) -> np.ndarray:
-    return sel.embedding_matrix(table)
+    return sel.embedding_matrix(table, unit=True)
 
 
 # ---- budget and behavior specs ----------------------------------------------------------------
@@ -302,11 +303,11 @@ def test_stratified_takes_k_per_category_smallest_first_then_fills():
 
 
 def test_missing_columns_degrade_with_warnings():
-    warnings: list[str] = []
+    reporter = RecordingReporter()
     table = synthetic_pool(60, 6).drop_columns(["category", "behavior", "cluster", "harmful_response"])
-    out = sel.select(table, 10, "diverse", warn=warnings.append).table
+    out = sel.select(table, 10, "diverse", reporter=reporter).table
     assert out.num_rows == 10
-    text = " ".join(warnings)
+    text = " ".join(reporter.warnings())
     assert "no behavior labels" in text and "no harm categories" in text and "harmful_response" in text
     assert all("farthest from earlier picks" in r for r in out.column("select_reason").to_pylist()[1:])
     with pytest.raises(DataError, match="behavior") as err:
@@ -343,32 +344,6 @@ def test_exclusions_embed_prompts_with_the_injected_encoder_and_check_dimensions
         sel.select(pool, 5, "random", exclusions=sel.exclusions_from_tables([("w", wrong)], 0.9, True, None))
     with pytest.raises(DataError, match="neither a 'prompt' nor an 'instruction'"):
         sel.exclusions_from_tables([("w", pa.table({"text": ["x"]}))], 0.9, True, None)
-
-
-def test_pool_embedding_model_comes_from_the_embed_stage_provenance():
-    history = [{"command": "label", "models": {"judge": "x"}},
-               {"command": "embed", "models": {"embedding": "all-MiniLM-L6-v2"}, "args": {"backend": "onnx"}},
-               {"command": "cluster", "models": {}}]
-    assert sel.pool_embedding_model(history) == ("all-MiniLM-L6-v2", "onnx")
-    assert sel.pool_embedding_model([]) == (None, None)
-
-
-def test_embeddings_from_several_chunks_and_variable_lists_are_gathered_right():
-    rng = np.random.default_rng(0)
-    emb = rng.standard_normal((30, 4)).astype(np.float32)
-    chunks = [pa.array(emb[:10].tolist(), pa.list_(pa.float32())), pa.array(emb[10:].tolist(), pa.list_(pa.float32()))]
-    table = pa.table({"embedding": pa.chunked_array(chunks)})
-    rows = np.array([29, 3, 10, 9, 11])
-    got = sel.Vectors(table, positions=rows)[0:5]
-    want = emb[rows] / np.linalg.norm(emb[rows], axis=1, keepdims=True)
-    assert np.allclose(got, want, atol=1e-6)
-    assert np.allclose(sel.Vectors(table)[12], emb[12] / np.linalg.norm(emb[12]), atol=1e-6)
-    ragged = pa.table({"embedding": pa.array([[1.0, 0.0], [1.0, 0.0, 0.0]])})
-    with pytest.raises(DataError, match="mixed dimensions"):
-        sel.Vectors(ragged)
-    nan = pa.table({"embedding": pa.array([[np.nan, 1.0]])})
-    with pytest.raises(DataError, match="NaN"):
-        sel.embedding_matrix(nan)
 
 
 # ---- the CLI on the real pool -----------------------------------------------------------------
@@ -551,3 +526,54 @@ def test_bad_input_each_with_error_hint_exit_code_and_no_output(real_pool: Path,
 
     with ThreadPoolExecutor(3) as pool_:
         list(pool_.map(lambda case: _fails(case[0], case[1], *case[2:], folder=tmp_path), cases))
+
+
+# ---- issue 18: nothing silently wrong --------------------------------------------------------------
+
+
+def test_cli_refuses_a_pool_with_repeated_ids(tmp_path: Path):
+    table = synthetic_pool(30, 21, harmful_share=0.0)
+    ids = table.column("id").to_pylist()
+    ids[7] = ids[3]  # e.g. two tables concatenated
+    pool, out = tmp_path / "pool.parquet", tmp_path / "out.parquet"
+    pq.write_table(table.set_column(0, "id", pa.array(ids)), pool)
+    for strategy in ("random", "diverse"):
+        _fails(["select", str(pool), "--budget", "20", "--strategy", strategy, "-o", str(out)], 1,
+               "occur more than once", "'r3'", folder=tmp_path)
+    with pytest.raises(DataError, match="no id"):
+        sel.select(table.set_column(0, "id", pa.array([None] + ids[1:], pa.string())), 5, "random")
+
+
+def test_cli_refuses_embeddings_narrower_than_their_model(tmp_path: Path):
+    from safesample.vectors import embedding_field
+
+    table = synthetic_pool(30, 22, dim=10, harmful_share=0.0)
+    meta = embedding_field(384, "sentence-transformers/all-MiniLM-L6-v2", "onnx", '{"text": "instruction"}').metadata
+    i = table.column_names.index("embedding")
+    table = table.set_column(i, table.schema.field("embedding").with_metadata(meta), table.column("embedding"))
+    pool, out = tmp_path / "pool.parquet", tmp_path / "out.parquet"
+    pq.write_table(table, pool)
+    _fails(["select", str(pool), "--budget", "5", "-o", str(out)], 1, "10-d embeddings", "384-d", folder=tmp_path)
+
+
+def test_an_all_zero_embedding_is_an_error_not_a_pick():
+    table = synthetic_pool(20, 23, categories=1, harmful_share=0.0)
+    emb = sel.embedding_matrix(table).copy()
+    emb[5] = 0
+    table = table.set_column(table.column_names.index("embedding"), "embedding", _vectors(emb))
+    with pytest.raises(DataError, match="all-zero.*'r5'"):
+        sel.select(table, 20, "prototype", dedup=None, behavior={"refusal": 1, "explanation": 1,
+                                                                   "benign_compliance": 1})
+
+
+def test_select_table_and_plan_are_the_stage_the_cli_calls():
+    table = synthetic_pool(80, 24, harmful_share=0.0)
+    options = sel.SelectOptions(budget=10, strategy="diverse", seed=2, random_draws=1)
+    lines = sel.plan(table, options)
+    assert lines[0].startswith("plan: select 10 of 80 rows with --strategy diverse")
+    assert any(line.startswith("  quota refusal: 5") for line in lines)
+    result = sel.select_table(table, options)
+    assert result.table.equals(sel.select(table, 10, "diverse", seed=2, random_draws=1).table)
+    assert result.models == {}
+    with pytest.raises(UsageError, match="--exclude-threshold"):
+        sel.select_table(table, sel.SelectOptions(budget=10, exclude_threshold=1.5))

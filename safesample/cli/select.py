@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from safesample import console
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, argv,
-                                   load, save, setup)
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
+                                   print_plan, save, setup, write_json)
 
 NAME = "select"
 HELP = """Select a budget of safety examples: behavior-aware and diverse across harm categories.
@@ -84,53 +84,42 @@ def command(input: Input, budget: Budget, output: Output = "-",
             quiet: Quiet = False, verbose: Verbose = False) -> None:
     setup(quiet, verbose)
     from safesample import select as stage
+    from safesample.console import CONSOLE
     from safesample.errors import UsageError
-    from safesample.tables import check_output, get_provenance, read_table
+    from safesample.tables import check_output, read_table
 
     behavior_spec = stage.parse_behavior(behavior)
     if [input, of, *(exclude or [])].count("-") > 1:
         raise UsageError("only one table can come from stdin ('-')", "write the others to files first")
-    threshold = None if keep_duplicates else dedup
     if not 0 < dedup <= 1:
         raise UsageError(f"--dedup {dedup} is outside (0, 1]",
                          "it is a cosine similarity; use --keep-duplicates to switch the check off")
-    if not 0 < exclude_threshold <= 1:
-        raise UsageError(f"--exclude-threshold {exclude_threshold} is outside (0, 1]",
-                         "it is a cosine similarity; 0.9 is a sound default")
+    options = stage.SelectOptions(  # the budget is set below, once the --of table is read
+        budget=1, strategy=strategy.value, behavior=behavior_spec, category_col=category_col,
+        dedup=None if keep_duplicates else dedup, keep_harmful=keep_harmful, exclude_threshold=exclude_threshold,
+        seed=seed, batch_size=batch_size)
+    stage.validate(options)
     if not dry_run:
         check_output(output)
         if report is not None:
             check_output_folder(report)
-    of_rows = read_table(of).num_rows if of is not None else None
-    rows = stage.parse_budget(budget, of_rows)
+    options.budget = stage.parse_budget(budget, read_table(of).num_rows if of is not None else None)
     started = time.perf_counter()
     table = load(input, limit)
-    console.debug(f"read the pool in {time.perf_counter() - started:.2f} s")
+    CONSOLE.debug(f"read the pool in {time.perf_counter() - started:.2f} s")
     excluded = [(path, read_table(path)) for path in exclude or []]
-    args = {"budget": budget, "rows": rows, "of": of, "strategy": strategy.value, "behavior": behavior,
-            "category_col": category_col, "dedup": threshold, "keep_harmful": keep_harmful,
-            "exclude": exclude or [], "exclude_threshold": exclude_threshold, "limit": limit,
-            "argv": argv()}
     if dry_run:
-        _print_plan(stage, table, rows, strategy.value, behavior_spec, category_col, threshold,
-                    keep_harmful, excluded, exclude_threshold)
+        print_plan(stage.plan(table, options, exclude=excluded, reporter=CONSOLE))
         return
-    has_emb = "embedding" in table.column_names and table.column("embedding").null_count == 0
-    exclusions = stage.exclusions_from_tables(
-        excluded, exclude_threshold, has_emb, stage.default_embedder(get_provenance(table), batch_size),
-        batch_size) if excluded else None
-    started = time.perf_counter()
-    result = stage.select(table, rows, strategy.value, behavior=behavior_spec, category_col=category_col,
-                          dedup=threshold, keep_harmful=keep_harmful, exclusions=exclusions, seed=seed,
-                          warn=console.warn)
-    console.debug(f"selected {rows} rows and drew {stage.RANDOM_DRAWS} random baselines in "
-                  f"{time.perf_counter() - started:.2f} s")
-    model, _ = stage.pool_embedding_model(get_provenance(table))
-    save(result.table, output, NAME, args, seed=seed, models={"embedding": model} if model else None,
+    result = stage.select_table(table, options, exclude=excluded, reporter=CONSOLE)
+    args = {"budget": budget, "rows": options.budget, "of": of, "strategy": strategy.value, "behavior": behavior,
+            "category_col": category_col, "dedup": options.dedup, "keep_harmful": keep_harmful,
+            "exclude": exclude or [], "exclude_threshold": exclude_threshold, "limit": limit}
+    save(result.table, output, NAME, args, seed=seed, models=result.models or None,
          inputs=[input, *(exclude or []), *([of] if of else [])])
     _show_report(stage, result.report)
     if report is not None:
-        _write_json(result.report, report)
+        write_json(result.report, report, "coverage report")
 
 
 def check_output_folder(path: str) -> None:
@@ -142,17 +131,6 @@ def check_output_folder(path: str) -> None:
     if dest.is_dir() or not dest.parent.is_dir():
         raise UsageError(f"cannot write the report to {path!r}",
                          "pass a file in an existing folder, e.g. --report sel.json")
-
-
-def _write_json(data: dict, path: str) -> None:
-    import json
-    from pathlib import Path
-
-    from safesample.tables import atomic_path
-
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    console.info(f"wrote the coverage report to {path}")
 
 
 def _show_report(stage, report: dict) -> None:
@@ -174,33 +152,3 @@ def _show_report(stage, report: dict) -> None:
         console.info("excluded: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in excluded.items()))
     for note in report["notes"]:
         console.info(f"note: {note}")
-
-
-def _print_plan(stage, table, rows, strategy, behavior, category_col, dedup, keep_harmful, excluded,
-                exclude_threshold) -> None:
-    """--dry-run: validate the columns, count candidates and quotas; load no model, write nothing."""
-    import numpy as np
-
-    # Validates the exclude tables and reads their texts; embedding them waits for a real run.
-    exclusions = stage.exclusions_from_tables(excluded, exclude_threshold, False, None)
-    plan = stage.plan_selection(table, strategy, behavior=behavior, category_col=category_col,
-                                dedup=dedup, keep_harmful=keep_harmful, exclusions=exclusions,
-                                warn=console.warn)
-    pool = plan.pool
-    caps = np.zeros((len(pool.behaviors), len(pool.categories)), dtype=np.int64)
-    np.add.at(caps, (pool.beh, pool.cat), 1)
-    quotas = stage.allocate_nested(rows, caps, plan.weights)
-    console.console.print(f"plan: select {rows} of {table.num_rows} rows with --strategy {strategy}; "
-                          f"{len(pool)} candidates after exclusions", markup=False)
-    for key, value in plan.excluded.items():
-        if value:
-            console.console.print(f"  excluded {key.replace('_', ' ')}: {value}", markup=False)
-    if strategy in ("prototype", "similarity", "diverse"):
-        for b, name in enumerate(pool.behaviors):
-            shares = ", ".join(f"{pool.categories[c]} {q}" for c, q in enumerate(quotas[b]) if q)
-            console.console.print(f"  quota {name}: {int(quotas[b].sum())} ({shares})", markup=False)
-    if quotas.sum() < rows:
-        console.warn(f"only {int(quotas.sum())} candidates for a budget of {rows}")
-    for note in plan.notes:
-        console.console.print(f"  note: {note}", markup=False)
-    console.console.print("dry run: nothing written", markup=False)

@@ -1,0 +1,164 @@
+"""Exclusions: evaluation prompts (decontamination) and duplicates, decided pick by pick."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from safesample.errors import DataError, ModelError, UsageError
+from safesample.vectors import embedding_matrix, embedding_model, unit_rows
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from safesample.select.pool import Pool
+
+EmbedTexts = Callable[[list[str]], np.ndarray]
+
+
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation and runs of spaces folded to one space: the exact-match key."""
+    return _NON_WORD.sub(" ", text.lower()).strip()
+
+
+@dataclass
+class Exclusions:
+    """Evaluation prompts a selection must not contain (decontamination)."""
+
+    texts: list[str] = field(default_factory=list)  # raw prompt texts, normalised when used
+    embeddings: np.ndarray | None = None  # unit rows, or None when not available
+    threshold: float = 0.9
+    sources: list[str] = field(default_factory=list)
+
+    def keys(self) -> set[str]:
+        if not hasattr(self, "_keys"):
+            self._keys = {normalise(t) for t in self.texts}
+        return self._keys
+
+
+def exclusions_from_tables(tables: Sequence[tuple[str, "pa.Table"]], threshold: float,
+                           pool_has_embeddings: bool, embed_texts: Callable[[], EmbedTexts] | None,
+                           batch_size: int = 256) -> Exclusions:
+    """Read eval tables (`prompt` or `instruction`, optional `embedding`) into an Exclusions.
+
+    Tables without embeddings are embedded with `embed_texts()` (a factory, so no model is
+    loaded when every table brings its own vectors or the pool has none to compare with).
+    """
+    if not 0 < threshold <= 1:
+        raise UsageError(f"--exclude-threshold {threshold} is outside (0, 1]",
+                         "it is a cosine similarity; 0.9 is a sound default")
+    texts: list[str] = []
+    vectors: list[np.ndarray] = []
+    encoder: EmbedTexts | None = None
+    for name, table in tables:
+        col = next((c for c in ("prompt", "instruction") if c in table.column_names), None)
+        if col is None:
+            raise DataError(f"--exclude table {name!r} has neither a 'prompt' nor an 'instruction' column "
+                            f"(found: {', '.join(table.column_names) or 'no columns'})",
+                            "pass a table of evaluation prompts, e.g. ../shared/data/harmbench")
+        part = [t for t in table.column(col).to_pylist() if t]
+        texts.extend(part)
+        if not pool_has_embeddings:
+            continue
+        if "embedding" in table.column_names:
+            vectors.append(embedding_matrix(table.filter(table.column(col).is_valid()), name=repr(name),
+                                            command="select", unit=True))
+        elif part:
+            if embed_texts is None:
+                raise ModelError(f"--exclude table {name!r} has no embeddings and no embedding model "
+                                 "is available to compare it with the pool",
+                                 f"embed it with the pool's model: safesample embed {name} --text {col} "
+                                 "-o eval.embedded.parquet, and pass that to --exclude")
+            if encoder is None:
+                encoder = embed_texts()
+            vectors.append(unit_rows(np.asarray(encoder(part), dtype=np.float32),
+                                     name=f"the embeddings of {name!r}"))
+    embeddings = np.concatenate(vectors) if vectors else None
+    return Exclusions(texts, embeddings, threshold, [name for name, _ in tables])
+
+
+def default_embedder(pool: "pa.Table", batch_size: int = 256) -> Callable[[], EmbedTexts]:
+    """A factory that loads the pool's own embedding model (named on its embedding column, else
+    in its provenance)."""
+
+    def factory() -> EmbedTexts:
+        model, backend = embedding_model(pool)
+        if model is None:
+            raise ModelError("the pool's provenance names no embedding model, so the --exclude "
+                             "prompts cannot be embedded the same way",
+                             "embed the exclude table with the pool's model (`safesample embed "
+                             "eval.parquet --text prompt -o eval.emb.parquet`) and pass that")
+        try:
+            from safesample.backends import embedding
+        except ImportError as exc:
+            raise ModelError("no embedding backend is installed to embed the --exclude prompts",
+                             "embed the exclude table with `safesample embed` and pass that") from exc
+        encoder = embedding.load_encoder(model, backend) if backend else embedding.load_encoder(model)
+        return lambda texts: np.asarray(encoder.encode(texts), dtype=np.float32)
+
+    return factory
+
+
+class Acceptor:
+    """Decides, pick by pick, whether a candidate may join: not taken, not an exact duplicate
+    (normalised text) or near duplicate (cosine) of an earlier pick, not matching an evaluation
+    prompt by text or by cosine. Rejected candidates are never considered again."""
+
+    def __init__(self, pool: Pool, budget: int, dedup: float | None, exclusions: Exclusions | None):
+        self.pool = pool
+        self.taken = np.zeros(len(pool), dtype=bool)
+        self.picked: list[int] = []
+        self.dedup = dedup if pool.emb is not None else None
+        self.exact = dedup is not None and pool.texts is not None
+        self.eval_keys = exclusions.keys() if exclusions is not None and pool.texts is not None else set()
+        self.eval = exclusions.embeddings if exclusions is not None and pool.emb is not None else None
+        self.eval_threshold = exclusions.threshold if exclusions is not None else 1.0
+        self.seen: set[str] = set()
+        self._key: tuple[int, str | None] = (-1, None)
+        dim = pool.emb.dim if pool.emb is not None else 0
+        self.vecs = np.empty((budget, dim), dtype=np.float32)
+        self.rejected = {"exact_duplicate": 0, "eval_exact": 0, "near_duplicate": 0, "eval_similar": 0}
+
+    def _reject(self, pos: int, why: str) -> bool:
+        self.taken[pos] = True
+        self.rejected[why] += 1
+        return False
+
+    def ok(self, pos: int) -> bool:
+        if self.taken[pos]:
+            return False
+        if self.exact or self.eval_keys:
+            text = self.pool.texts[pos]
+            key = normalise(text) if text else None
+            self._key = (pos, key)
+            if key is not None and key in self.eval_keys:
+                return self._reject(pos, "eval_exact")
+            if key is not None and self.exact and key in self.seen:
+                return self._reject(pos, "exact_duplicate")
+        if self.pool.emb is None or (self.eval is None and self.dedup is None):
+            return True
+        vec = self.pool.emb[pos]
+        self._vec = (pos, vec)
+        if self.eval is not None and len(self.eval) and float((self.eval @ vec).max()) >= self.eval_threshold:
+            return self._reject(pos, "eval_similar")
+        n = len(self.picked)
+        if self.dedup is not None and n and float((self.vecs[:n] @ vec).max()) >= self.dedup:
+            return self._reject(pos, "near_duplicate")
+        return True
+
+    def take(self, pos: int) -> None:
+        self.taken[pos] = True
+        if self.pool.emb is not None:
+            cached = getattr(self, "_vec", (-1, None))
+            self.vecs[len(self.picked)] = cached[1] if cached[0] == pos else self.pool.emb[pos]
+        if self.exact:
+            key = self._key[1] if self._key[0] == pos else normalise(self.pool.texts[pos] or "")
+            if key:
+                self.seen.add(key)
+        self.picked.append(pos)
