@@ -157,6 +157,24 @@ def test_embedding_column_is_fixed_size_float32_with_model_metadata():
                                         "dim": "3"}
 
 
+def test_embed_table_is_the_stage_the_cli_calls(tmp_path: Path, monkeypatch):
+    from safesample.reporter import RecordingReporter
+
+    monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path))
+    table = pa.table({"id": ["a", "b", "c"], "instruction": ["one", "two", "one"]})
+    options = embed.EmbedOptions(backend="torch", batch_size=2)
+    assert "(2 distinct texts, 0 cached, 2 to compute)" in embed.plan(table, options)[0]
+    fake, reporter = FakeEncoder(), RecordingReporter()
+    result = embed.embed_table(table, options, reporter=reporter, load_encoder=lambda model, backend, size: fake)
+    assert result.table.column_names == ["id", "instruction", "embedding"] and result.backend == "torch"
+    info = vectors_.field_info(result.table)
+    assert info["dim"] == "8" and info["model"] == result.model and info["backend"] == "torch"
+    np.testing.assert_array_equal(vectors_.embedding_matrix(result.table), FakeEncoder().encode(["one", "two", "one"]))
+    assert any("2 distinct texts, 0 from the cache, 2 computed" in m for _, m in reporter.messages)
+    with pytest.raises(UsageError, match="--backend"):
+        embed.embed_table(table, embed.EmbedOptions(backend="tpu"))
+
+
 # --------------------------------------------------------------------------------------------
 # backends
 
@@ -318,6 +336,7 @@ def test_cli_template_no_cache_and_dry_run(minilm, onnx_dir, tmp_path: Path):
     assert "0 from the cache, 5 computed" in " ".join(proc.stderr.split())
     pairs = read(out)
     assert vectors_.field_info(pairs)["text"] == '{"template": "{instruction}\\n{response}"}'
+    assert vectors_.field_info(pairs)["dim"] == "384"
     plain = cli("embed", pool, "--limit", "5", "-o", str(tmp_path / "plain.parquet"), env=env(cache_dir))
     a = np.array(pairs.column("embedding").to_pylist())
     b = np.array(read(tmp_path / "plain.parquet").column("embedding").to_pylist())
