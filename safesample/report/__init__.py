@@ -1,7 +1,7 @@
 """The `report` stage: selection and judge outputs -> one self-contained HTML file.
 
-Inputs are what the other stages write; each one's kind is told from its provenance (the last
-command that wrote it), else from its columns or JSON keys:
+Inputs are what the other stages write; each one's kind is told from what it holds (its columns
+or JSON keys), the provenance (the last command that wrote it) telling a bare pool table:
 
 - ``pool``: a labelled / embedded / clustered pool table (`label`, `embed`, `cluster` output);
 - ``selection``: a `select` output table (`select_reason`, `select_rank`);
