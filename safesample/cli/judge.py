@@ -118,8 +118,7 @@ def command(
     opts = stage.JudgeOptions(
         model=model, responses=responses, prompt_col=prompt_col, category_col=category_col,
         benign_col=benign_col, scorers=stage.parse_scorers(scorer), judge_model=judge_model,
-        reward_model=reward_model,
-        reward_label=reward_label, engine=engine, template=template, system=system,
+        reward_model=reward_model, reward_label=reward_label, engine=engine, template=template, system=system,
         max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, compare=compare,
         bootstrap=bootstrap, fail_under=fail_under or [], fail_over=fail_over or [], cache=not no_cache,
         seed=seed)
