@@ -4,6 +4,10 @@ Embeddings, judge verdicts and generations are keyed by what determines them (mo
 template, settings) plus a hash of the text, so a rerun, or a rerun after appending rows,
 computes only what is new. One SQLite file per namespace under the cache folder:
 `$SAFESAMPLE_CACHE_DIR`, else `$XDG_CACHE_HOME/safesample`, else `~/.cache/safesample`.
+
+The cache never stops a run: a corrupt or truncated database is moved aside (`NAME.sqlite.bad-TIME`)
+and a fresh one started; a full disk or an unwritable folder turns the cache off for the rest of
+the run. Each is one warning on the reporter (the CLI's console, see `report_to`).
 """
 
 from __future__ import annotations
@@ -12,8 +16,21 @@ import hashlib
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
+
+from safesample.reporter import SILENT, Reporter
+
+T = TypeVar("T")
+# Where cache warnings go when a caller passes no reporter (the CLI sets its console).
+_reporter: Reporter = SILENT
+
+
+def report_to(reporter: Reporter) -> None:
+    """Send cache warnings (corrupt database moved aside, disk full) to `reporter` by default."""
+    global _reporter
+    _reporter = reporter
 
 
 def cache_dir() -> Path:
@@ -41,21 +58,105 @@ def settings_key(**settings) -> str:
 class Cache:
     """Bytes by (scope, key) in one SQLite file; `enabled=False` makes every lookup a miss."""
 
-    def __init__(self, namespace: str, scope: str, enabled: bool = True, folder: Path | None = None):
+    def __init__(self, namespace: str, scope: str, enabled: bool = True, folder: Path | None = None,
+                 reporter: Reporter | None = None):
         self.scope = scope
         self.enabled = enabled
+        self.reporter = reporter
         self._db: sqlite3.Connection | None = None
+        self.path: Path | None = None
         if enabled:
             folder = folder or cache_dir()
-            folder.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(folder / f"{namespace}.sqlite", timeout=60)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS entries (scope TEXT, key TEXT, value BLOB, "
-                             "PRIMARY KEY (scope, key))")
+            self.path = folder / f"{namespace}.sqlite"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self._give_up(f"cannot create the cache folder {str(folder)!r} ({exc.strerror})")
+                return
+            self._guarded(self._open, None)
+
+    def _warn(self, message: str) -> None:
+        (self.reporter or _reporter).warn(message)
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS entries (scope TEXT, key TEXT, value BLOB, "
+                       "PRIMARY KEY (scope, key))")
+            db.execute("SELECT 1 FROM entries LIMIT 1").fetchall()
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _guarded(self, action: Callable[[], T], fallback: T) -> T:
+        """Run `action`; recover from a corrupt database once, give up the cache on a full disk."""
+        for attempt in range(2):
+            try:
+                return action()
+            except sqlite3.DatabaseError as exc:
+                if _is_full(exc):
+                    self._give_up(f"the cache disk is full ({exc}); going on without the cache")
+                    return fallback
+                if _is_corrupt(exc) and attempt == 0:
+                    self._move_aside(exc)
+                    try:
+                        self._open()
+                    except (sqlite3.Error, OSError) as again:
+                        self._give_up(f"cannot start a new cache at {str(self.path)!r} ({again}); going on "
+                                      "without the cache")
+                        return fallback
+                    continue
+                if isinstance(exc, sqlite3.OperationalError) and not _is_corrupt(exc):
+                    self._give_up(f"the cache at {str(self.path)!r} failed ({exc}); going on without the cache")
+                    return fallback
+                self._give_up(f"the cache at {str(self.path)!r} is unusable ({exc}); going on without it")
+                return fallback
+            except OSError as exc:
+                self._give_up(f"the cache at {str(self.path)!r} failed ({exc}); going on without the cache")
+                return fallback
+        return fallback
+
+    def _move_aside(self, exc: BaseException) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+        aside = self.path.with_name(f"{self.path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            try:
+                os.replace(src, f"{aside}{suffix}")
+            except FileNotFoundError:
+                pass
+            except OSError:
+                try:
+                    src.unlink()
+                except OSError:
+                    pass
+        self._warn(f"the cache database {str(self.path)!r} is corrupt ({exc}); moved it aside to "
+                   f"{str(aside)!r} and started a new one (cached results are recomputed)")
+
+    def _give_up(self, message: str) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+        self._db = None
+        if self.enabled:
+            self._warn(message)
+        self.enabled = False
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         if not self._db or not keys:
             return {}
+        return self._guarded(lambda: self._get_many(keys), {})
+
+    def _get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), 500):
@@ -69,13 +170,20 @@ class Cache:
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         if not self._db:
             return
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)",
-                                 [(self.scope, k, v) for k, v in items])
+        rows = [(self.scope, k, v) for k, v in items]
+
+        def put() -> None:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", rows)
+
+        self._guarded(put, None)
 
     def close(self) -> None:
         if self._db:
-            self._db.close()
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
             self._db = None
 
     def __enter__(self) -> "Cache":
@@ -83,3 +191,14 @@ class Cache:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _is_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "disk is full" in text or "disk i/o error" in text or "no space" in text
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return ("malformed" in text or "not a database" in text or "corrupt" in text
+            or (isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)))

@@ -74,6 +74,23 @@ def parse_ratio(spec: str) -> float:
 def _rename(part: Part, mapping: dict[str, str], explicit: bool) -> "pa.Table":
     table = part.table
     names = list(table.column_names)
+    if explicit:
+        mapping = dict(mapping)
+        for old, new in DEFAULT_MAP.items():
+            # `--map response=output` on a table with both chooses `response`; the displaced
+            # `output` is kept as `output_orig` (the choice an ambiguous table asks for).
+            if mapping.get(old) == new and old in names and new in names and new not in mapping:
+                if f"{new}_orig" in names:
+                    raise DataError(f"--map {old}={new}: {part.name!r} already has {new!r} and {new}_orig",
+                                    f"map {new!r} away explicitly, e.g. --map {new}={new}_before")
+                mapping[new] = f"{new}_orig"
+        # All at once, so `--map output=output_orig --map response=output` works in any order.
+        renamed = [mapping.get(name, name) for name in names]
+        for old, new in mapping.items():
+            if old in names and old != new and renamed.count(new) > 1:
+                raise DataError(f"--map {old}={new}: {part.name!r} already has a column {new!r}",
+                                f"map it away first, e.g. --map {new}={new}_orig")
+        return table.rename_columns(renamed)
     for old, new in mapping.items():
         if old not in names or old == new:
             continue
@@ -92,6 +109,11 @@ def _prepare(part: Part, mapping: dict[str, str], chat: bool) -> "pa.Table":
 
     from safesample.schema import kind_of
 
+    if part.table.num_rows == 0:
+        raise DataError(f"{part.role} input {part.name!r} has no rows: there is nothing to mix",
+                        "check the command that wrote it (e.g. `safesample select` with a budget of 0, "
+                        "or a --limit); mix needs rows in every input")
+    _check_ambiguous(part, mapping)
     table = _rename(part, mapping, explicit=True)
     table = _rename(Part(part.name, part.role, table), DEFAULT_MAP, explicit=False)
     for name, alternatives in (("instruction", "prompt"), ("output", "response")):
@@ -134,13 +156,34 @@ def _prepare(part: Part, mapping: dict[str, str], chat: bool) -> "pa.Table":
     return table
 
 
+def _check_ambiguous(part: Part, mapping: dict[str, str]) -> None:
+    """A table with both `response` and `output` (or `prompt` and `instruction`): which one is
+    the answer to train on is the user's choice, never a silent default."""
+    names = part.table.column_names
+    for source, target in DEFAULT_MAP.items():
+        if source in names and target in names and source not in mapping and target not in mapping:
+            raise DataError(f"{part.role} input {part.name!r} has both a {source!r} and an {target!r} column; "
+                            f"which one holds the {target} to train on is ambiguous",
+                            f"choose with --map: `--map {source}={target}` uses {source!r} (the old {target!r} "
+                            f"is kept as '{target}_orig'); `--map {target}={target}` keeps {target!r} "
+                            f"(and {source!r} as a column of its own)")
+
+
 def _check_ids(parts: Sequence[Part], tables: Sequence["pa.Table"]) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
     seen: dict[str, str] = {}
     for part, table in zip(parts, tables):
+        if "id" not in table.column_names:
+            raise DataError(f"{part.name!r} has no 'id' column", "read it with `safesample` commands, "
+                            "which add content-derived ids, or add an 'id' column")
         ids = table.column("id").cast(pa.string())
+        if ids.null_count:
+            raise DataError(f"{part.name!r} has {ids.null_count} rows with an empty (null) id; training "
+                            "rows need an id to be traced back to their input",
+                            "fill the ids, or drop the 'id' column so stage one derives ids from the "
+                            "content")
         counts = pc.value_counts(ids)
         repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
         if len(repeated):

@@ -5,6 +5,11 @@ format, because Parquet keeps its footer at the end and cannot be read from a pi
 buffering. Readers sniff the first bytes, so a pipe may carry Parquet too (it is spooled to a
 temporary file). Every file is written atomically: a temporary file in the target folder,
 renamed into place only when complete, removed on any error or Ctrl-C.
+
+Guarantees: an Arrow stream must end with its end-of-stream marker (a stream cut by a killed
+upstream is an error, never a shorter table); outputs are created with the umask's mode (an
+overwritten file keeps its mode); temporary files a killed run left behind are removed by the
+next write; and in a CLI run (`guard_paths`) no output may be an input or another output.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import hashlib
 import io
 import json
 import os
+import re
+import secrets
+import stat
 import sys
 import tempfile
 import time
@@ -23,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from safesample import __version__
 from safesample.stdio import data_fd
 from safesample.errors import DataError, UsageError
+from safesample.reporter import SILENT, Reporter
 from safesample.schema import kind_of
 
 if TYPE_CHECKING:
@@ -37,6 +46,16 @@ WRITE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".f
                  ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 _SUPPORTED = "Parquet, Arrow IPC (file or stream), CSV (.csv) or JSON Lines (.jsonl)"
 _ROW_GROUP = 65_536
+_STREAM_HINT = ("the command that wrote it was interrupted or killed before it finished (e.g. out of "
+                "memory); see its error, and re-run the pipe")
+# Where warnings of this module go when a caller passes no reporter (the CLI sets its console).
+_reporter: Reporter = SILENT
+
+
+def report_to(reporter: Reporter) -> None:
+    """Send this module's warnings (e.g. removed stale temp files) to `reporter` by default."""
+    global _reporter
+    _reporter = reporter
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,6 +73,7 @@ def read_table(source: str) -> "pa.Table":
     if path.is_dir():
         raise UsageError(f"input {source!r} is a directory, not a table file",
                          "pass a .parquet, .arrow, .csv or .jsonl file")
+    claim_input(source)
     if path.stat().st_size == 0:
         raise DataError(f"input file {source!r} is empty", "the command that wrote it may have failed; "
                         "re-run it")
@@ -78,14 +98,11 @@ def _read_path(path: Path, head: bytes, label: str) -> "pa.Table":
             with pa.memory_map(str(path)) as src:
                 return pa.ipc.open_file(src).read_all()
         if head.startswith(ARROW_STREAM_MAGIC):
-            with pa.OSFile(str(path)) as src:
-                return pa.ipc.open_stream(src).read_all()
+            with open(path, "rb") as src:
+                return read_stream(src, label)
         suffix = path.suffix.lower()
         if suffix in (".csv", ".tsv"):
-            import pyarrow.csv as pcsv
-
-            opts = pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
-            return pcsv.read_csv(path, parse_options=opts)
+            return _read_csv(path, "\t" if suffix == ".tsv" else ",")
         if suffix in (".jsonl", ".ndjson", ".json") or head.lstrip()[:1] == b"{":
             return _read_jsonl(path)
     except (pa.ArrowException, ValueError, OSError) as exc:
@@ -95,6 +112,30 @@ def _read_path(path: Path, head: bytes, label: str) -> "pa.Table":
                         "that wrote it") from exc
     raise DataError(f"{label!r} is not a table in a supported format",
                     f"safesample reads {_SUPPORTED}")
+
+
+def _read_csv(path: Path, delimiter: str) -> "pa.Table":
+    """CSV with `id` columns read as text (`001` and `1e3` are ids, not numbers) and the columns
+    of a header-only file typed as text rather than null."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    opts = pcsv.ParseOptions(delimiter=delimiter)
+    import csv
+
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        header = next(csv.reader(fh, delimiter=delimiter), [])
+    ids = {name: pa.string() for name in header if _is_id(name)}
+    table = pcsv.read_csv(path, parse_options=opts, convert_options=pcsv.ConvertOptions(column_types=ids))
+    for i, field in enumerate(table.schema):
+        if pa.types.is_null(field.type):
+            table = table.set_column(i, pa.field(field.name, pa.string()), table.column(i).cast(pa.string()))
+    return table
+
+
+def _is_id(name: str) -> bool:
+    lowered = name.strip().lower()
+    return lowered == "id" or lowered.endswith("_id")
 
 
 def _read_jsonl(path: Path) -> "pa.Table":
@@ -116,11 +157,7 @@ def _read_stdin() -> "pa.Table":
         raise DataError("stdin is empty: no table arrived through the pipe",
                         "the command before this one in the pipe probably failed; see its error")
     if head.startswith(ARROW_STREAM_MAGIC):
-        try:
-            return pa.ipc.open_stream(_Prefixed(head, stdin)).read_all()
-        except pa.ArrowException as exc:
-            raise DataError(f"cannot read the Arrow stream on stdin: {_short(exc)}",
-                            "the writing command was probably interrupted") from exc
+        return read_stream(_Prefixed(head, stdin), "stdin")
     # Parquet (or a text table) on a pipe: spool it to a temporary file, then read that.
     with tempfile.NamedTemporaryFile(prefix="safesample-stdin-", suffix=".spool") as spool:
         spool.write(head)
@@ -133,33 +170,166 @@ def _read_stdin() -> "pa.Table":
                     f"pipe {_SUPPORTED.replace(' (.csv)', ' (as a file only)')}")
 
 
-class _Prefixed(io.RawIOBase):
-    """A readable stream: some already-read bytes, then the rest of another stream."""
+def read_stream(source, label: str) -> "pa.Table":
+    """Read a whole Arrow IPC stream from a binary file object, insisting on its end marker.
 
-    def __init__(self, prefix: bytes, rest: io.BufferedReader):
+    A writer that dies between record batches leaves a stream that pyarrow reads as complete
+    but shorter; a stream is complete only when its end-of-stream marker was read. Without it
+    (cut between batches, inside a batch or right after the schema) this raises a DataError
+    saying how many rows arrived.
+    """
+    import pyarrow as pa
+
+    src = _EofTracking(source)
+    rows = 0
+    batches = []
+    try:
+        reader = pa.ipc.open_stream(src)
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            batches.append(batch)
+            rows += batch.num_rows
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if src.hit_eof:
+            raise _ended_early(label, rows) from exc
+        raise DataError(f"cannot read the Arrow stream in {label!r}: {_short(exc)}",
+                        "the data is corrupt; " + _STREAM_HINT) from exc
+    if src.hit_eof:  # the reader ran into the end of the data instead of the end marker
+        raise _ended_early(label, rows)
+    return pa.Table.from_batches(batches, schema=reader.schema)
+
+
+def _ended_early(label: str, rows: int) -> DataError:
+    where = "" if label == "stdin" else f" from {label!r}"
+    return DataError(f"the input stream ended early ({rows} rows read{where})",
+                     "it has no end-of-stream marker, so it is incomplete: " + _STREAM_HINT)
+
+
+class _EofTracking:
+    """A file object that reads exactly what is asked (looping over short pipe reads) and
+    notes when the data ran out before a read was satisfied."""
+
+    closed = False
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.hit_eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            data = self._inner.read()
+            self.hit_eof = True
+            return data
+        parts, got = [], 0
+        while got < n:
+            chunk = self._inner.read(n - got)
+            if not chunk:
+                self.hit_eof = True
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+
+class _Prefixed:
+    """A readable binary stream: some already-read bytes, then the rest of another stream."""
+
+    closed = False
+
+    def __init__(self, prefix: bytes, rest):
         self._prefix = prefix
         self._rest = rest
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            data, self._prefix = self._prefix + self._rest.read(), b""
+            return data
         if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        data = self._rest.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+            data, self._prefix = self._prefix[:n], self._prefix[n:]
+            return data
+        return self._rest.read(n)
 
 
 # --------------------------------------------------------------------------------------------
 # writing
 
 
-def check_output(dest: str) -> None:
-    """Fail early, before any work, when `dest` cannot be written."""
+# In a CLI run, every path read and written is registered here, so that an output that is an
+# input (same file, hard link or symlink) or another output is refused, whichever comes first.
+_guard = False
+_inputs: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) -> the path as given
+_outputs: dict[str, str] = {}  # real path -> which option writes it ("-o", "--report", ...)
+_written: dict[str, str] = {}  # real path -> the option whose file was written there in this run
+
+
+def guard_paths(active: bool = True) -> None:
+    """Start (or stop) refusing outputs that collide with inputs or with other outputs; the
+    registry starts empty. The CLI turns this on for each run; library calls are unaffected."""
+    global _guard
+    _guard = active
+    _inputs.clear()
+    _outputs.clear()
+    _written.clear()
+
+
+def _inode(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def claim_input(source: str) -> None:
+    """Register `source` as an input of this run; refuse it when it is one of the outputs."""
+    if not _guard or source == STDIO:
+        return
+    key = _inode(source)
+    if key is None:
+        return
+    for real, what in _outputs.items():
+        if _inode(real) == key:
+            raise _same_file(source, what, real)
+    _inputs[key] = source
+
+
+def claim_output(dest: str | Path, what: str | None = None) -> None:
+    """Register `dest` as written by option `what` (e.g. "-o", "--report"); refuse it when it is
+    an input, or a file another option writes. `what=None` accepts any earlier claim."""
+    if not _guard or str(dest) == STDIO:
+        return
+    real = os.path.realpath(dest)
+    earlier = _outputs.get(real)
+    if earlier is not None and what is not None and earlier != what:
+        raise UsageError(f"{what} {str(dest)!r} is the same file as {earlier} {real!r}",
+                         "give each output its own file name")
+    key = _inode(real)
+    if key is not None:
+        if key in _inputs:
+            raise _same_file(_inputs[key], what or earlier or "an output", str(dest))
+        for other, other_what in _outputs.items():
+            if other != real and _inode(other) == key:
+                raise UsageError(f"{what or 'an output'} {str(dest)!r} is the same file as {other_what} "
+                                 f"{other!r} (a link)", "give each output its own file name")
+    _outputs.setdefault(real, what or "an output")
+
+
+def _same_file(source: str, what: str, dest: str) -> UsageError:
+    return UsageError(f"the output {what} {dest!r} is the input {source!r}: writing it would destroy "
+                      "the input", "write to a new file (and rename it afterwards if you must)")
+
+
+def check_output(dest: str, what: str = "-o") -> None:
+    """Fail early, before any work, when `dest` cannot be written (or would replace an input)."""
     if dest == STDIO:
         if os.isatty(data_fd()):
             raise UsageError("refusing to write a binary table to the terminal",
@@ -167,14 +337,33 @@ def check_output(dest: str) -> None:
                              "(`... -o - | safesample ...`)")
         return
     path = Path(dest)
-    if path.is_dir():
-        raise UsageError(f"output {dest!r} is a directory", "pass a file path such as out.parquet")
-    if not path.parent.is_dir():
-        raise UsageError(f"output folder {str(path.parent)!r} does not exist",
-                         f"create it first: mkdir -p {path.parent}")
     if path.suffix.lower() not in WRITE_FORMATS:
         raise UsageError(f"cannot tell the output format from {dest!r}",
                          "end the name in .parquet (or .arrow, .jsonl, .csv)")
+    check_writable(dest, what)
+
+
+def check_writable(dest: str | Path, what: str | None = None) -> None:
+    """`dest` is a file path in an existing folder we may create files in, and no input."""
+    path = Path(dest)
+    label = f"{what} " if what else ""
+    if path.is_dir():
+        raise UsageError(f"output {label}{str(dest)!r} is a directory", "pass a file path such as out.parquet")
+    if not path.parent.is_dir():
+        raise UsageError(f"output folder {str(path.parent)!r} does not exist",
+                         f"create it first: mkdir -p {path.parent}")
+    claim_output(dest, what)
+    probe = path.parent / f".{path.name}.{os.getpid()}-probe.tmp"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot write {label}{str(dest)!r}: the folder {str(path.parent)!r} is not "
+                         f"writable ({exc.strerror})", "write somewhere else, or fix the folder's "
+                         "permissions") from exc
+    os.close(fd)
+    probe.unlink(missing_ok=True)
 
 
 def write_table(table: "pa.Table", dest: str, provenance: dict[str, Any] | None = None) -> None:
@@ -187,22 +376,104 @@ def write_table(table: "pa.Table", dest: str, provenance: dict[str, Any] | None 
         return
     path = Path(dest)
     fmt = WRITE_FORMATS[path.suffix.lower()]
-    with atomic_path(path) as tmp:
+    with atomic_path(path, what="-o") as tmp:
         _WRITERS[fmt](table, tmp)
 
 
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-z]+\.tmp$")
+_STARTED = time.time()
+
+
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+def atomic_path(path: Path, what: str | None = None, reporter: Reporter | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
+
+    The temporary file is `.NAME.PID-RANDOM.tmp`, created with the umask's mode (or the mode of
+    the file it replaces); ones that a killed process left behind are removed first.
+    """
+    path = Path(path)
+    claim_output(path, what)
+    real = os.path.realpath(path)
+    if _guard and real in _written:
+        raise UsageError(f"{what or 'an output'} {str(path)!r} was already written by this run as "
+                         f"{_written[real]}; writing it again would replace it",
+                         "give each output its own file name")
+    remove_stale_temps(path, reporter)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = None
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UsageError(f"cannot write {str(path)!r}: {exc.strerror}",
+                             "write somewhere else, or fix the folder's permissions") from exc
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
+        if _guard:
+            _written[real] = what or _outputs.get(real, "an output")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(path: Path, reporter: Reporter | None = None) -> list[Path]:
+    """Remove `.NAME.PID-*.tmp` files beside `path` left by a process that is gone (killed
+    during its final write): the pid is dead, or was reused by a process started after the file."""
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if not match or match["name"] != path.name:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        if _pid_alive_since(int(match["pid"]), st.st_mtime):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            continue
+    if removed:
+        (reporter or _reporter).warn(f"removed {len(removed)} temporary file(s) beside {str(path)!r} that "
+                                     f"an interrupted run left: {', '.join(p.name for p in removed)}")
+    return removed
+
+
+def _pid_alive_since(pid: int, mtime: float) -> bool:
+    """Whether process `pid` runs and may have written a file last modified at `mtime`."""
+    if pid == os.getpid():
+        return mtime >= _STARTED - 1
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        started = os.stat(f"/proc/{pid}").st_ctime
+    except OSError:
+        return True
+    return mtime >= started - 1
 
 
 def _write_parquet(table: "pa.Table", path: Path) -> None:

@@ -73,18 +73,78 @@ def test_default_and_explicit_column_mapping():
     assert out.select(["instruction", "input", "output"]).to_pylist() == [
         {"instruction": "2+2?", "input": "", "output": "4"},
         {"instruction": "Do harm", "input": "", "output": "I won't."}]
-    # a default mapping never overwrites a column the table has
-    both = mx.Part("s.parquet", mx.SAFETY, pa.table({"id": ["s0"], "instruction": ["x"], "output": ["y"],
-                                                     "response": ["z"]}))
-    out = mx.mix([benign, both], mapping={"question": "instruction", "answer": "output"}, shuffle=False)
-    assert out.column("output").to_pylist() == ["4", "y"] and out.column("response").to_pylist() == [None, "z"]
+    # an explicit mapping onto a column the table has is refused (other than the default pairs)
+    taken = mx.Part("s.parquet", mx.SAFETY, pa.table({"id": ["s0"], "instruction": ["x"], "output": ["y"],
+                                                      "reply": ["z"]}))
     with pytest.raises(DataError, match="already has a column 'output'"):
-        mx.mix([benign, both], mapping={"question": "instruction", "answer": "output", "response": "output"})
+        mx.mix([benign, taken], mapping={"question": "instruction", "answer": "output", "reply": "output"})
     with pytest.raises(UsageError, match="no input has: nothere"):
         mx.mix([benign, safety], mapping={"nothere": "x", "question": "instruction", "answer": "output"})
     for bad in (["a"], ["a="], ["=b"], ["a=b,a=c"], ["a=x,b=x"]):
         with pytest.raises(UsageError):
             mx.parse_maps(bad)
+
+
+def test_both_response_and_output_is_an_error_naming_both_and_the_map():
+    """Issue 18: a safety table with `response` and `output` was mixed on `output` without a word."""
+    benign = _part(mx.BENIGN, 3, "b")
+    both = mx.Part("s.parquet", mx.SAFETY, pa.table({"id": ["s0"], "instruction": ["Do harm"],
+                                                     "output": ["Sure, here is how"], "response": ["I won't."]}))
+    with pytest.raises(DataError, match="both a 'response' and an 'output' column") as err:
+        mx.mix([benign, both])
+    assert "--map response=output" in err.value.hint and "--map output=output" in err.value.hint
+    # the user chooses: `response` (the old output kept as output_orig) ...
+    out = mx.mix([benign, both], mapping=mx.parse_maps(["response=output"]), shuffle=False)
+    row = out.to_pylist()[-1]
+    assert row["output"] == "I won't." and row["output_orig"] == "Sure, here is how"
+    assert row["messages"][-1] == {"role": "assistant", "content": "I won't."}
+    # ... or `output`
+    out = mx.mix([benign, both], mapping=mx.parse_maps(["output=output"]), shuffle=False)
+    assert out.to_pylist()[-1]["output"] == "Sure, here is how"
+    # with --slim the chosen answer is what stays
+    slim = mx.mix([benign, both], mapping=mx.parse_maps(["response=output"]), slim=True, shuffle=False)
+    assert slim.column_names == ["id", "source", "instruction", "input", "output", "messages"]
+    assert slim.column("output").to_pylist()[-1] == "I won't."
+
+
+@pytest.mark.parametrize("fmt,columns", [
+    ("both", ["id", "source", "instruction", "input", "output", "messages"]),
+    ("alpaca", ["id", "source", "instruction", "input", "output"]),
+    ("chat", ["id", "source", "messages"]),
+])
+def test_slim_keeps_only_id_source_and_the_formats_columns(fmt: str, columns: list[str]):
+    benign = _part(mx.BENIGN, 4, "b", extra=[1, 2, 3, 4])
+    safety = _part(mx.SAFETY, 2, "s", category=["a", "b"])
+    out = mx.mix([benign, safety], fmt=fmt, slim=True, seed=3)
+    assert out.column_names == columns
+    assert out.num_rows == 6 and sorted(out.column("id").to_pylist()) == ["b0", "b1", "b2", "b3", "s0", "s1"]
+    full = mx.mix([benign, safety], fmt=fmt, seed=3)
+    assert full.select(columns).equals(out)  # same rows, same order, same values
+
+
+def test_cli_slim_jsonl_has_only_the_chat(files: dict[str, Path], tmp_path: Path):
+    out = tmp_path / "train.jsonl"
+    proc = cli("mix", str(files["benign"]), str(files["safety"]), "--format", "chat", "--slim", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 72 and set(rows[0]) == {"id", "source", "messages"}
+
+
+def test_zero_row_input_is_a_clear_error(files: dict[str, Path], tmp_path: Path):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(files["safety"]).slice(0, 0), empty)
+    with pytest.raises(DataError, match="has no rows"):
+        mx.mix([_part(mx.BENIGN, 2, "b"), mx.Part("e.parquet", mx.SAFETY, read_table(str(empty)))])
+    proc = cli("mix", str(files["benign"]), str(empty), "-o", str(tmp_path / "t.parquet"))
+    assert proc.returncode == 1 and "has no rows" in proc.stderr and "looks like a bug" not in proc.stderr
+    assert not (tmp_path / "t.parquet").exists()
+
+
+def test_null_id_is_refused():
+    safety = mx.Part("s.parquet", mx.SAFETY, pa.table({"id": ["s0", None], "instruction": ["a", "b"],
+                                                       "output": ["c", "d"]}))
+    with pytest.raises(DataError, match="1 rows with an empty \\(null\\) id"):
+        mx.mix([_part(mx.BENIGN, 2, "b"), safety])
 
 
 def test_chat_messages_with_input_and_system():

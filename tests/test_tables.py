@@ -115,3 +115,44 @@ def test_atomic_write_replaces_old_file_only_when_complete(tmp_path: Path):
             raise KeyboardInterrupt
     assert read_table(str(target)).num_rows == 2
     assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+def test_csv_ids_stay_strings(tmp_path: Path):
+    """Issue 18: `001` and `1e3` became 1.0 and 1000.0."""
+    csv = tmp_path / "t.csv"
+    csv.write_text("id,instruction,prompt_id\n001,a,7\n1e3,b,08\n")
+    table = read_table(str(csv))
+    assert table.column("id").to_pylist() == ["001", "1e3"]
+    assert table.column("prompt_id").to_pylist() == ["7", "08"]
+
+
+def test_header_only_csv_gives_text_columns(tmp_path: Path):
+    """Issue 18: a header-only CSV had null-typed columns, and `label` crashed with a TypeError."""
+    csv = tmp_path / "t.csv"
+    csv.write_text("instruction,response\n")
+    table = read_table(str(csv))
+    assert table.num_rows == 0
+    assert [f.type for f in table.schema] == [pa.string(), pa.string()]
+
+
+def test_arrow_stream_file_without_end_marker_is_refused(tmp_path: Path):
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, sample().schema) as writer:
+        writer.write_table(sample())
+    data = sink.getvalue().to_pybytes()
+    full = tmp_path / "full.arrows"
+    full.write_bytes(data)
+    assert read_table(str(full)).num_rows == 2
+    cut = tmp_path / "cut.arrows"
+    cut.write_bytes(data[:-8])
+    with pytest.raises(DataError, match=r"ended early \(2 rows read"):
+        read_table(str(cut))
+
+
+def test_atomic_temp_names_carry_the_pid(tmp_path: Path):
+    import os
+
+    with atomic_path(tmp_path / "x.json") as tmp:
+        assert tmp.name.startswith(f".x.json.{os.getpid()}-") and tmp.name.endswith(".tmp")
+        tmp.write_text("{}")
+    assert (tmp_path / "x.json").read_text() == "{}"

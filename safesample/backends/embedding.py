@@ -1,13 +1,20 @@
-"""Sentence encoders: sentence-transformers on torch, and an ONNX Runtime int8 export of the same model.
+"""Sentence encoders: sentence-transformers on torch, and an ONNX Runtime float32 export of the same model.
 
 Both return float32 (n, dim) arrays with the model's own pooling (and L2 normalisation when the
 model has a Normalize module), so `embed` can swap one for the other.
 
-The ONNX backend exports the model once with `torch.onnx.export(..., dynamo=True)`, quantises its
-weights to int8 per channel, and caches the result under `cache_dir()/onnx/`; later runs import
-neither torch nor transformers, only onnxruntime and `tokenizers`. On this CPU it embeds about
-twice as fast as `SentenceTransformer.encode` (see bench/bench_embed.py) with cosine >= 0.98 to
-the torch vectors, so it is the default where onnxruntime is installed.
+The ONNX backend exports the model once with `torch.onnx.export(..., dynamo=True)`, fuses it with
+ONNX Runtime's transformer optimiser (SkipLayerNormalization, BiasGelu) and caches the result under
+`cache_dir()/onnx/`; later runs import neither torch nor transformers, only onnxruntime and
+`tokenizers`. It stays in float32 on purpose: int8 dynamic quantisation computes activation scales
+per batch, so a text's vector depended on its batch mates (cosine 0.98 between batch sizes) and
+the cache mixed such vectors. In float32 the same text gets the same vector (bitwise in our
+measurements; <= 1e-5 cosine distance is the guarantee) whatever the batch size, batch mates or
+cache state, faster than `SentenceTransformer.encode` (see bench/bench_embed.py).
+
+Everything that changes a vector is in the cache scope (`EmbeddingModel.settings`): the model
+files' content hash, the backend and its precision, export recipe and runtime version, pooling,
+normalisation, lower-casing and max length.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
-from safesample import console
 from safesample.errors import ModelError, UsageError
+from safesample.reporter import SILENT, Reporter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,8 +39,11 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), "all-minilm-l6-v2", "minilm"}
 BACKENDS = ("auto", "onnx", "torch")
 DEFAULT_BATCH_SIZE = 64
-# Bump when the export recipe changes, so older cached exports are not reused.
-_EXPORT_FORMAT = 1
+# Bump when the export recipe changes, so older cached exports (and vectors) are not reused.
+# 2: float32 with fused layers (was int8 dynamic quantisation, batch dependent).
+_EXPORT_FORMAT = 2
+ONNX_FILE = "model.fp32.onnx"
+PRECISION = {"onnx": "fp32", "torch": "fp32"}
 _SUPPORTED_MODULES = {"Transformer", "Pooling", "Normalize"}
 _POOLING_MODES = ("mean_tokens", "cls_token", "max_tokens", "mean_sqrt_len_tokens")
 
@@ -58,8 +68,17 @@ class EmbeddingModel:
     fingerprint: str  # changes when the files change, so caches never serve stale vectors
 
     def settings(self, backend: str) -> dict[str, str]:
-        """What, besides the text, determines a vector (the embedding cache scope)."""
-        return {"model": self.name, "fingerprint": self.fingerprint, "backend": backend}
+        """What, besides the text, determines a vector (the embedding cache scope): the model
+        files' content, backend, precision, export recipe and runtime, pooling and max length."""
+        layout = _layout(Path(self.path))
+        shape = (layout if isinstance(layout, str) else
+                 f"{layout.pooling},normalize={layout.normalize},max_length={layout.max_length},"
+                 f"lowercase={layout.lowercase}")
+        runtime = (f"onnxruntime=={_version('onnxruntime')},recipe={_EXPORT_FORMAT}" if backend == "onnx"
+                   else f"torch=={_version('torch')},sentence-transformers=={_version('sentence-transformers')}")
+        return {"model": self.name, "fingerprint": self.fingerprint, "backend": backend,
+                "weights": content_hash(Path(self.path)), "precision": PRECISION.get(backend, backend),
+                "layout": shape, "runtime": runtime}
 
 
 def resolve_model(spec: str | None = None) -> EmbeddingModel:
@@ -103,6 +122,37 @@ def _hub_snapshot(repo_id: str) -> Path:
                      "Hugging Face cache",
                      "without hub access pass a local folder (SentenceTransformer.save()), or use "
                      f"the bundled default {DEFAULT_MODEL}")
+
+
+def content_hash(folder: Path) -> str:
+    """sha256 over the model folder's files (names and bytes; exports excluded), remembered per
+    (path, size, mtime) in the cache folder so a rerun does not read the weights again."""
+    import hashlib
+
+    from safesample.cache import cache_dir
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and ".onnx" not in p.name)
+    stamp = json.dumps([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    memo_file = cache_dir() / "model-hashes.json"
+    memo = _read_json(memo_file)
+    key = hashlib.sha256(stamp.encode()).hexdigest()
+    if isinstance(memo.get(key), str):
+        return memo[key]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    value = digest.hexdigest()[:32]
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**memo, key: value}))
+        os.replace(tmp, memo_file)
+    except OSError:
+        pass  # only a memo: the hash is recomputed next time
+    return value
 
 
 def _fingerprint(folder: Path) -> str:
@@ -186,7 +236,7 @@ def _cuda_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() and os.environ.get("CUDA_VISIBLE_DEVICES") != ""
 
 
-def choose_backend(requested: str, model: EmbeddingModel) -> str:
+def choose_backend(requested: str, model: EmbeddingModel, *, reporter: Reporter = SILENT) -> str:
     """Resolve `auto` to `onnx` (CPU) or `torch` (GPU, or when ONNX cannot run this model)."""
     if requested not in BACKENDS:
         raise UsageError(f"unknown embedding backend {requested!r}", f"pass one of: {', '.join(BACKENDS)}")
@@ -199,8 +249,7 @@ def choose_backend(requested: str, model: EmbeddingModel) -> str:
         return "onnx"
     if requested == "onnx":
         raise ModelError(f"the onnx backend cannot embed with {model.name}: {why}", _onnx_hint(why))
-    console.warn(f"embedding with torch instead of onnx ({why}); this is about 2x slower. "
-                 + _onnx_hint(why))
+    reporter.warn(f"embedding with torch instead of onnx ({why}); this is slower. " + _onnx_hint(why))
     return "torch"
 
 
@@ -226,12 +275,12 @@ def _onnx_unavailable(model: EmbeddingModel) -> str | None:
 
 
 def load_encoder(model: str | EmbeddingModel | None = None, backend: str = "auto",
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> Encoder:
+                 batch_size: int = DEFAULT_BATCH_SIZE, *, reporter: Reporter = SILENT) -> Encoder:
     """An encoder for `model` (a name, path, or resolved model) on `backend` (auto/onnx/torch)."""
     ref = model if isinstance(model, EmbeddingModel) else resolve_model(model)
-    chosen = choose_backend(backend, ref)
+    chosen = choose_backend(backend, ref, reporter=reporter)
     if chosen == "onnx":
-        return OnnxEncoder(ref, batch_size)
+        return OnnxEncoder(ref, batch_size, reporter=reporter)
     return TorchEncoder(ref, batch_size)
 
 
@@ -273,11 +322,12 @@ def _load_sentence_transformer(model: EmbeddingModel):
 
 
 class OnnxEncoder:
-    """The model's transformer as an int8 ONNX graph, tokenised by `tokenizers`, pooled in numpy."""
+    """The model's transformer as a float32 ONNX graph, tokenised by `tokenizers`, pooled in numpy."""
 
     backend = "onnx"
 
-    def __init__(self, model: EmbeddingModel, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, model: EmbeddingModel, batch_size: int = DEFAULT_BATCH_SIZE, *,
+                 reporter: Reporter = SILENT):
         import onnxruntime as ort
 
         layout = _layout(Path(model.path))
@@ -286,13 +336,14 @@ class OnnxEncoder:
         self.name = model.name
         self.batch_size = batch_size
         self.layout = layout
-        folder = ensure_export(model)
+        folder = ensure_export(model, reporter=reporter)
         meta = _read_json(folder / "meta.json")
         self.dim = int(meta["dim"])
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; ORT's warnings are not for end users
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(folder / "model.int8.onnx"), options,
+            self.session = ort.InferenceSession(str(folder / ONNX_FILE), options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ModelError(f"cannot load the ONNX export of {model.name}: {str(exc)[:200]}",
@@ -305,8 +356,8 @@ class OnnxEncoder:
 
         batch_size = batch_size or self.batch_size
         out = np.empty((len(texts), self.dim), np.float32)
-        # Batches of similar lengths: less padding, and int8 activation scales are computed per
-        # batch, so a short text next to a 256-token one loses precision.
+        # Batches of similar lengths: less padding (in float32 a text's vector does not depend on
+        # its batch mates or the padding, so this is for speed only).
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
@@ -391,17 +442,18 @@ def _version(package: str) -> str:
         return "none"
 
 
-def ensure_export(model: EmbeddingModel) -> Path:
-    """The folder of the int8 ONNX export of `model`, exporting it first when not cached."""
+def ensure_export(model: EmbeddingModel, *, reporter: Reporter = SILENT) -> Path:
+    """The folder of the float32 ONNX export of `model`, exporting it first when not cached."""
     dest = _export_dir(model)
     if (dest / "meta.json").exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    console.info(f"exporting {model.name} to ONNX int8 (once; cached in {dest.parent})")
+    reporter.info(f"exporting {model.name} to ONNX float32 (once; cached in {dest.parent})")
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=dest.parent))
     try:
         meta = export_onnx(Path(model.path), work)
-        (work / "meta.json").write_text(json.dumps({**meta, "model": model.name}))
+        (work / "meta.json").write_text(json.dumps({**meta, "model": model.name, "precision": "fp32",
+                                                    "format": _EXPORT_FORMAT}))
         try:
             os.rename(work, dest)  # atomic: another process either sees the whole export or none
         except OSError:
@@ -413,16 +465,16 @@ def ensure_export(model: EmbeddingModel) -> Path:
 
 
 def export_onnx(folder: Path, work: Path) -> dict:
-    """Export the transformer of the model in `folder` to `work/model.int8.onnx`.
+    """Export the transformer of the model in `folder` to `work/model.fp32.onnx`.
 
     Only the transformer is exported (token embeddings out); pooling and normalisation run in
-    numpy, as the model's own config says.
+    numpy, as the model's own config says. The graph is fused with ONNX Runtime's transformer
+    optimiser where it can (it stays float32: every op works row by row, nothing per batch).
     """
     import logging
     import warnings
 
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModel
 
     from transformers.utils import logging as hf_logging
@@ -464,39 +516,37 @@ def export_onnx(folder: Path, work: Path) -> dict:
                               dynamic_shapes={"args": tuple(dynamic[n] for n in names)},
                               input_names=names, output_names=["token_embeddings"],
                               verbose=False, report=False)
-            # The matmuls fed by GELU see activations with large outliers, which int8
-            # activation quantisation clips: keeping these few in float32 lifts the worst-case
-            # cosine to the torch model from ~0.975 to ~0.985 on real instructions.
-            quantize_dynamic(str(fp32), str(work / "model.int8.onnx"), weight_type=QuantType.QInt8,
-                             per_channel=True, nodes_to_exclude=_gelu_matmuls(fp32))
+            fused = _fuse(fp32, work / ONNX_FILE, transformer.config)
     finally:
         logging.disable(logging.NOTSET)
     for path in work.glob("model.onnx*"):
         path.unlink()
-    return {"dim": int(transformer.config.hidden_size), "inputs": names}
+    return {"dim": int(transformer.config.hidden_size), "inputs": names, "fused": fused,
+            "sha256": _file_hash(work / ONNX_FILE)}
 
 
-def _gelu_matmuls(path: Path) -> list[str]:
+def _fuse(src: Path, dest: Path, config) -> bool:
+    """Fuse layer norms and GELUs (ORT's transformer optimiser); a plain copy when it cannot."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    producer = {out: node for node in graph.node for out in node.output}
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
 
-    def from_gelu(name: str) -> bool:
-        node = producer.get(name)
-        if node is None:
-            return False
-        if node.op_type in ("Gelu", "FastGelu", "BiasGelu"):
-            return True
-        # GELU decomposed as x * 0.5 * (1 + erf(x / sqrt 2)): look a few nodes up for Erf.
-        frontier, seen = [node], 0
-        while frontier and seen < 6:
-            current = frontier.pop()
-            seen += 1
-            if current.op_type == "Erf":
-                return True
-            if current.op_type in ("Mul", "Add", "Div"):
-                frontier.extend(producer[i] for i in current.input if i in producer)
+        heads = int(getattr(config, "num_attention_heads", 0) or 0)
+        optimized = optimize_model(str(src), model_type="bert", num_heads=heads,
+                                   hidden_size=int(config.hidden_size))
+        optimized.save_model_to_file(str(dest))
+        return True
+    except Exception:  # noqa: BLE001 - fusion is an optimisation; the plain graph is correct
+        onnx.save(onnx.load(str(src)), str(dest))
         return False
 
-    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input and from_gelu(n.input[0])]
+
+def _file_hash(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -58,16 +58,45 @@ def _error(message: str, hint: str | None) -> None:
         console.console.print(f"hint: {hint}", markup=False, soft_wrap=True)
 
 
-def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+_interrupted: str | None = None  # the signal that stopped this run, if any
+
+
+def _on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+    global _interrupted
+    _interrupted = signal.Signals(signum).name
     raise KeyboardInterrupt
 
 
+_on_sigterm = _on_signal  # the old name
+
+
+def _install_signal_handlers() -> None:
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then keeps
+    # ignoring it; `kill -INT` must stop a run like Ctrl-C does.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, _on_signal)
+        except ValueError:  # not the main thread (an embedding caller): leave signals alone
+            pass
+
+
+def _interrupted_exit() -> int:
+    why = f" ({_interrupted})" if _interrupted and _interrupted != "SIGINT" else ""
+    _error(f"interrupted{why}; no output was written", None)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    global _interrupted
+    _interrupted = None
+    _install_signal_handlers()
     command = typer.main.get_command(app)
     common.record_argv(argv)
     try:
         code = command.main(args=argv, prog_name="safesample", standalone_mode=False)
+        if code == EXIT_INTERRUPTED or _interrupted:
+            # typer turns KeyboardInterrupt into a silent exit code 130
+            return _interrupted_exit()
         return code if isinstance(code, int) else 0
     except click_errors.NoArgsIsHelpError as exc:
         console.console.print(exc.ctx.get_help() if exc.ctx else str(exc), markup=False, highlight=False)
@@ -78,27 +107,30 @@ def main(argv: list[str] | None = None) -> int:
         _error(exc.format_message(), f"see `{where} --help`")
         return EXIT_USAGE
     except typer.Abort:
-        _error("interrupted", None)
-        return EXIT_INTERRUPTED
+        return _interrupted_exit()
     except SafesampleError as exc:
         if console.verbosity() >= console.VERBOSE:
             traceback.print_exc()
         _error(exc.message, exc.hint)
         return exc.exit_code
     except KeyboardInterrupt:
-        _error("interrupted; no output was written", None)
-        return EXIT_INTERRUPTED
+        return _interrupted_exit()
     except BrokenPipeError:
         # The reader downstream closed the pipe (e.g. `| head`): exit quietly.
         _silence_stdout()
         return EXIT_ERROR
     except Exception as exc:  # an unexpected failure: one line, traceback with -v
+        if _interrupted:  # a library turned our KeyboardInterrupt into its own error
+            return _interrupted_exit()
         if console.verbosity() >= console.VERBOSE:
             traceback.print_exc()
         _error(f"{type(exc).__name__}: {exc}", "this looks like a bug; rerun with -v for the traceback "
                "and report it")
         return EXIT_ERROR
     finally:
+        from safesample import tables
+
+        tables.guard_paths(False)
         console.restore_stdout()
 
 

@@ -6,6 +6,7 @@ The options are declared once here so `-o`, `--seed`, `-q`, `-v`, `--dry-run`, `
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -31,12 +32,50 @@ Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Process on
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Rows per model batch.")]
 
 
+# Options that name files a command writes, with the flag users know them by, and options that
+# name tables it reads: checked against each other by `setup()` before any work.
+OUTPUT_OPTIONS = {"output": "-o", "report": "--report", "summary": "--summary",
+                  "disagreements": "--disagreements"}
+INPUT_OPTIONS = ("input", "inputs", "reference", "of", "exclude", "compare")
+
+
 def setup(quiet: bool = False, verbose: bool = False) -> None:
-    """Start of every command body: verbosity, and stdout kept for data only."""
+    """Start of every command body: verbosity, stdout kept for data only, warnings of the
+    library modules sent to the console, and the command's files checked against each other
+    (no output may be an input or another output)."""
     if quiet and verbose:
         raise UsageError("-q/--quiet and -v/--verbose contradict each other", "pass one of them")
     console.set_verbosity(console.QUIET if quiet else console.VERBOSE if verbose else console.NORMAL)
     console.protect_stdout()
+    from safesample import cache, tables
+
+    cache.report_to(console.CONSOLE)
+    tables.report_to(console.CONSOLE)
+    tables.guard_paths(True)
+    check_paths(_command_params())
+
+
+def _command_params() -> dict[str, Any]:
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    return dict(ctx.params) if ctx is not None else {}
+
+
+def check_paths(params: dict[str, Any]) -> None:
+    """Register the command's inputs and outputs (by option name); a collision is a UsageError."""
+    from safesample.tables import STDIO, claim_input, claim_output
+
+    def paths(value: Any) -> list[str]:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return [str(v) for v in values if isinstance(v, (str, os.PathLike)) and str(v) and str(v) != STDIO]
+
+    for name in INPUT_OPTIONS:
+        for path in paths(params.get(name)):
+            claim_input(path)
+    for name, flag in OUTPUT_OPTIONS.items():
+        for path in paths(params.get(name)):
+            claim_output(path, flag)
 
 
 def load(source: str, limit: int | None = None) -> "pa.Table":
@@ -63,14 +102,23 @@ def save(table: "pa.Table", output: str, command: str, args: dict[str, Any], *,
     console.info(f"wrote {table.num_rows} rows x {table.num_columns} columns to {where}")
 
 
-def write_json(data: dict[str, Any], path: str, what: str = "report") -> None:
-    """A side output (--report, --summary): written atomically like tables, never half a file."""
+def check_side_output(path: str, flag: str) -> None:
+    """Before any work: a side output (`--report`, `--summary`, ...) can be written, and is
+    neither an input nor another output."""
+    from safesample.tables import check_writable
+
+    check_writable(path, flag)
+
+
+def write_json(data: dict[str, Any], path: str, what: str = "report", flag: str | None = None) -> None:
+    """A side output (--report, --summary): written atomically like tables, never half a file,
+    never over an input or another output of this run."""
     import json
     from pathlib import Path
 
     from safesample.tables import atomic_path
 
-    with atomic_path(Path(path)) as tmp:
+    with atomic_path(Path(path), what=flag) as tmp:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     console.info(f"wrote the {what} to {path}")
 
