@@ -37,9 +37,15 @@ from safesample.reporter import SILENT, Advance, Reporter
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from safesample.calibration import Calibration, GoldOptions
+
 COMMAND = "judge"
 SCORERS = ("rules", "wildguard", "llm", "reward")
 GUARDS = ("wildguard", "llm")
+# `--gold`: the scorers that judge refusal, the column holding each one's answer, and those of
+# them that say a refusal style (the guards say yes/no and are calibrated in binary mode).
+REFUSAL_COLUMNS = {"rules": "refusal_style", "wildguard": "wildguard_refusal", "llm": "llm_refusal"}
+STYLE_SCORERS = ("rules",)
 TEMPLATES = ("auto", "alpaca", "chat", "raw")
 GROUPS = ("harmful", "benign", "unflagged")
 NO_CATEGORY = "(none)"
@@ -85,10 +91,16 @@ class JudgeOptions:
     fail_over: list[str] = field(default_factory=list)
     cache: bool = True
     seed: int = 0
+    gold: "GoldOptions | None" = None  # calibrate each refusal scorer against human labels
 
     @property
     def guards(self) -> list[str]:
         return [s for s in self.scorers if s in GUARDS]
+
+    @property
+    def refusal_judges(self) -> dict[str, str]:
+        """The scorers `--gold` calibrates, and the column of each one's answer."""
+        return {s: REFUSAL_COLUMNS[s] for s in self.scorers if s in REFUSAL_COLUMNS}
 
 
 @dataclass
@@ -99,6 +111,7 @@ class JudgeResult:
     prompt_col: str
     category_col: str | None
     template: str | None
+    calibration: dict[str, "Calibration"] = field(default_factory=dict)  # scorer -> agreement with --gold
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +152,9 @@ def validate(opts: JudgeOptions) -> list["Gate"]:
     if not opts.responses and not opts.model:
         raise UsageError("nothing to judge: pass --model MODEL to generate responses, or --responses "
                          "to score the input's `response` column", "see `safesample judge --help`")
+    if opts.gold and not opts.refusal_judges:
+        raise UsageError("--gold calibrates a refusal scorer, and the reward scorer judges no refusal",
+                         "add --scorer rules (or wildguard / llm)")
     gates = parse_gates(opts.fail_under, opts.fail_over, opts.scorers, comparing=opts.compare is not None)
     resolve_template(opts.model, opts.template)
     return gates
@@ -182,6 +198,11 @@ def _read_inputs(table: "pa.Table", opts: JudgeOptions, base: "pa.Table | None")
     if base is not None and "refusal" not in base.column_names:
         raise DataError(f"--compare {opts.compare!r} has no 'refusal' column",
                         "pass a file written by `safesample judge`")
+    if opts.gold:
+        from safesample.calibration import check_gold
+
+        check_gold(table, opts.gold, produced=written_columns(opts), judges=list(opts.refusal_judges),
+                   style_judges=STYLE_SCORERS)
     return _Inputs(prompt_col, prompts, inputs, groups, group_source,
                    opts.category_col if opts.category_col in table.column_names else None,
                    resolve_template(opts.model, opts.template) if opts.model else None, existing)
@@ -195,7 +216,9 @@ def _plan_line(table: "pa.Table", opts: JudgeOptions, got: _Inputs) -> str:
             + (f"; generate with {opts.model} ({got.template} template, {opts.max_new_tokens} new tokens, "
                f"engine {opts.engine})" if opts.model else "; score the existing responses")
             + f"; scorers: {', '.join(opts.scorers)}"
-            + (f"; compare with {opts.compare}" if opts.compare else ""))
+            + (f"; compare with {opts.compare}" if opts.compare else "")
+            + (f"; calibrate {', '.join(opts.refusal_judges)} against gold column {opts.gold.column!r}"
+               if opts.gold else ""))
 
 
 def plan(table: "pa.Table", opts: JudgeOptions, base: "pa.Table | None" = None) -> list[str]:
@@ -269,10 +292,29 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
     if base is not None:
         summary["compare"] = {"base": opts.compare, **compare(judged, base, got.category, n_boot=opts.bootstrap,
                                                                seed=opts.seed)}
+    calibration: dict[str, Calibration] = {}
+    if opts.gold:
+        from safesample.calibration import calibrate_judges, gold_report
+
+        calibration = calibrate_judges(table, judged, opts.gold, opts.refusal_judges, style_judges=STYLE_SCORERS)
+        summary["calibration"] = gold_report(calibration)
     summary["gates"] = check_gates(summary, gates)
     models = {k: v for k, v in (("model", opts.model), ("judge", opts.judge_model),
                                 ("reward", opts.reward_model)) if v}
-    return JudgeResult(judged, summary, models, got.prompt_col, got.category, got.template)
+    return JudgeResult(judged, summary, models, got.prompt_col, got.category, got.template, calibration)
+
+
+def written_columns(opts: JudgeOptions) -> list[str]:
+    """The columns `judge_table` adds or replaces with these options."""
+    names = (["response"] if opts.model else []) + ["eval_group", "refusal"]
+    for scorer in opts.scorers:
+        if scorer == "rules":
+            names += ["refusal_style", "rules_refusal"]
+        elif scorer in GUARDS:
+            names += [f"{scorer}_{x}" for x in ("harmful_request", "refusal", "harmful_response", "error")]
+        elif scorer == "reward":
+            names.append("reward")
+    return names + (["harmful_response"] if opts.guards else [])
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,8 +34,11 @@ from safesample.reporter import SILENT, Reporter
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from safesample.calibration import Calibration, GoldOptions
+
 COMMAND = "label"
 JUDGES = ("rules", "wildguard", "llm")
+STYLE_JUDGES = ("rules",)  # judges that say a refusal style; the others say yes/no (`--gold`)
 LABEL_COLUMNS = ("harmful_request", "refusal", "harmful_response", "behavior", "refusal_style",
                  "label_backend", "label_error", "label_truncated")
 _TRUE = {"true", "yes", "y", "1", "harmful", "unsafe"}
@@ -58,6 +61,7 @@ class LabelOptions:
     max_new_tokens: int = 256  # for generation
     max_response_chars: int = 4000  # responses cut to this for a model judge
     cache: bool = True
+    gold: "GoldOptions | None" = None  # calibrate the judge against human labels (`--gold`)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class LabelResult:
     table: "pa.Table"
     models: dict[str, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, "Calibration"] = field(default_factory=dict)  # judge -> agreement with --gold
 
 
 def judge_model(opts: LabelOptions) -> str | None:
@@ -111,6 +116,11 @@ def validate(table: "pa.Table", opts: LabelOptions) -> None:
             raise UsageError(f"--harmful-col {opts.harmful_col!r} is not a column of the input",
                              "columns: " + ", ".join(table.column_names))
         harmful_values(table.column(opts.harmful_col).to_pylist(), opts.harmful_col)
+    if opts.gold:
+        from safesample.calibration import check_gold
+
+        check_gold(table, opts.gold, produced=LABEL_COLUMNS + (("response",) if opts.generate else ()),
+                   judges=[opts.judge], style_judges=STYLE_JUDGES)
 
 
 def harmful_values(values: list[Any], name: str) -> list[bool | None]:
@@ -158,6 +168,9 @@ def plan(table: "pa.Table", opts: LabelOptions) -> list[str]:
         lines.append("harmful_request: unknown (pass --harmful-col or --all-harmful to decide behavior)")
     if opts.safe_responses:
         lines.append("harmful_response: no for every row (--safe-responses)")
+    if opts.gold:
+        lines.append(f"calibrate the {opts.judge} judge against gold column {opts.gold.column!r} "
+                     f"(mode {opts.gold.mode}" + (f", by {opts.gold.by!r}" if opts.gold.by else "") + ")")
     lines.append(f"cache: {'on' if opts.cache else 'off'}")
     lines.append("adds: " + ", ".join(LABEL_COLUMNS))
     return lines
@@ -191,9 +204,16 @@ def label_table(table: "pa.Table", opts: LabelOptions, *, reporter: Reporter = S
             engine.close()
 
     try:
-        return _label(table, opts, engine_for, reporter)
+        result = _label(table, opts, engine_for, reporter)
     finally:
         release()
+    if opts.gold:
+        from safesample.calibration import calibrate_judges
+
+        column = "refusal_style" if opts.judge in STYLE_JUDGES else "refusal"
+        result.calibration = calibrate_judges(table, result.table, opts.gold, {opts.judge: column},
+                                              style_judges=STYLE_JUDGES)
+    return result
 
 
 def _label(table: "pa.Table", opts: LabelOptions, engine_for, reporter: Reporter) -> LabelResult:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from safesample.cli import gold as gold_cli
 from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
                                    print_plan, save, setup, write_json)
 from safesample.errors import UsageError
@@ -27,7 +28,8 @@ over-refusal on benign look-alikes (a `label` column "safe" as in XSTest, `expec
 the paired refused/complied transitions (McNemar p). Gates: --fail-under METRIC=VALUE and
 --fail-over METRIC=VALUE exit 3 when missed (the output is still written); metrics:
 refusal_rate, full_refusal_rate, over_refusal_rate, harmful_response_rate, mean_reward,
-parse_failures, empty_responses, and delta_<metric> with --compare.
+parse_failures, empty_responses, and delta_<metric> with --compare. --gold COL calibrates
+each refusal scorer against human labels (in the summary; --disagreements FILE gets the rows).
 
 Examples:
 
@@ -42,6 +44,8 @@ Examples:
       --judge-model allenai/wildguard -o xs.parquet --fail-over over_refusal_rate=0.2
   safesample judge alpaca_eval.parquet --model runs/lora-0 --prompt-col instruction \\
       --scorer reward --reward-model ./reward-model -o helpful.parquet
+  safesample judge mine.parquet --responses --scorer rules,wildguard --judge-model \\
+      allenai/wildguard --gold human --by category --disagreements wrong.csv -o j.parquet
 """
 
 
@@ -103,6 +107,11 @@ def command(
                                                            show_default=False)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute generations and scores "
                                            "instead of reusing cached ones.")] = False,
+    gold: gold_cli.Gold = None,
+    gold_mode: gold_cli.GoldMode = "auto",
+    gold_scheme: gold_cli.GoldScheme = "auto",
+    by: gold_cli.By = None,
+    disagreements: gold_cli.Disagreements = None,
     seed: Seed = 0,
     limit: Limit = None,
     dry_run: DryRun = False,
@@ -121,14 +130,13 @@ def command(
         reward_model=reward_model, reward_label=reward_label, engine=engine, template=template, system=system,
         max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, compare=compare,
         bootstrap=bootstrap, fail_under=fail_under or [], fail_over=fail_over or [], cache=not no_cache,
-        seed=seed)
+        seed=seed, gold=gold_cli.options(gold, gold_mode, gold_scheme, by, disagreements))
     stage.validate(opts)  # usage errors before any input is read
     if judge_template is not None:
         if not judge_template.is_file():
             raise UsageError(f"--judge-template {str(judge_template)!r} does not exist", "check the path")
         opts.judge_template = judge_template.read_text()
-    if summary is not None:
-        _check_summary_path(summary)
+    gold_cli.check_json_path(summary, "--summary")
     table = load(input, limit)
     base = load(compare) if compare else None
     if dry_run:
@@ -141,24 +149,19 @@ def command(
             "template": result.template, "system": system, "max_new_tokens": max_new_tokens,
             "engine": engine, "prompt_col": result.prompt_col, "benign_col": benign_col,
             "category_col": result.category_col, "compare": compare, "limit": limit,
-            "fail_under": fail_under, "fail_over": fail_over}
+            "fail_under": fail_under, "fail_over": fail_over,
+            **gold_cli.args(gold, gold_mode, gold_scheme, by, disagreements)}
     save(result.table, output, NAME, args, seed=seed, models=result.models,
          inputs=[input] + ([compare] if compare else []))
     report = {"input": input, **result.summary}
     if summary is not None:
         write_json(report, str(summary), "summary")
     _render(report)
+    if opts.gold:
+        gold_cli.finish(result.table, result.calibration, disagreements)
     failure = stage.gate_failure(report)
     if failure is not None:
         raise failure
-
-
-def _check_summary_path(path: Path) -> None:
-    if path.is_dir():
-        raise UsageError(f"--summary {str(path)!r} is a directory", "pass a file path such as summary.json")
-    if not path.parent.is_dir():
-        raise UsageError(f"--summary folder {str(path.parent)!r} does not exist",
-                         f"create it first: mkdir -p {path.parent}")
 
 
 def _render(report: dict[str, Any]) -> None:

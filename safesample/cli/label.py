@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from safesample.cli import gold as gold_cli
 from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
-                                   print_plan, save, setup)
+                                   print_plan, save, setup, write_json)
 from safesample.errors import UsageError
 
 NAME = "label"
@@ -26,6 +27,8 @@ allenai/wildguard) and --judge llm (any instruct model, prompt in --prompt-file)
 three questions with a guard model, through vLLM on a GPU or transformers elsewhere
 (--engine). --generate MODEL first writes the responses with that model, to label what it does.
 Model outputs are cached on disk (SAFESAMPLE_CACHE_DIR); --no-cache recomputes.
+--gold COL calibrates the judge against a column of human labels (accuracy, Cohen's kappa,
+confusion matrix, per --by group; --report r.json, --disagreements rows.parquet).
 
 Examples:
 
@@ -35,6 +38,8 @@ Examples:
   safesample label pool.parquet --judge wildguard --model /models/wildguard -o labeled.parquet
   safesample label eval.parquet --generate runs/lora-0 --all-harmful -o behavior.parquet
   safesample label pool.parquet --judge llm --model smollm2 --limit 20 -o - | safesample embed - -o e.parquet
+  safesample label mine.parquet --judge wildguard --gold human --by model --report r.json \\
+      --disagreements wrong.csv -o labeled.parquet
 """
 
 
@@ -70,6 +75,14 @@ def command(
                                        "float16.")] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the cache of "
                                            "model outputs.")] = False,
+    gold: gold_cli.Gold = None,
+    gold_mode: gold_cli.GoldMode = "auto",
+    gold_scheme: gold_cli.GoldScheme = "auto",
+    by: gold_cli.By = None,
+    disagreements: gold_cli.Disagreements = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the label counts (and the "
+                                                   "--gold calibration) as JSON here.",
+                                                   show_default=False)] = None,
     seed: Seed = 0,
     limit: Limit = None,
     batch_size: BatchSize = 16,
@@ -96,9 +109,11 @@ def command(
                         template=template, harmful_col=harmful_col, all_harmful=all_harmful,
                         safe_responses=safe_responses, generate=generate, system=system,
                         max_new_tokens=max_new_tokens, max_response_chars=max_response_chars,
-                        cache=not no_cache)
+                        cache=not no_cache,
+                        gold=gold_cli.options(gold, gold_mode, gold_scheme, by, disagreements))
     if not dry_run:
         check_output(output)
+        gold_cli.check_json_path(report, "--report")
     table = load(input, limit)
     lines = plan(table, opts)  # validates the table and the model names, loads nothing
     if dry_run:
@@ -110,6 +125,14 @@ def command(
             "max_new_tokens": max_new_tokens, "prompt_file": str(prompt_file) if prompt_file else None,
             "harmful_col": harmful_col, "all_harmful": all_harmful, "safe_responses": safe_responses,
             "max_response_chars": max_response_chars, "dtype": dtype, "cache": not no_cache,
-            "limit": limit, "batch_size": batch_size}
+            "limit": limit, "batch_size": batch_size,
+            **gold_cli.args(gold, gold_mode, gold_scheme, by, disagreements)}
     save(result.table, output, NAME, args, seed=seed, models=result.models, inputs=[input])
     CONSOLE.info(summary(result.stats))
+    if opts.gold:
+        gold_cli.finish(result.table, result.calibration, disagreements)
+    if report is not None:
+        from safesample.calibration import gold_report
+
+        write_json({"input": input, "judge": judge, "stats": result.stats,
+                    "calibration": gold_report(result.calibration)}, str(report))

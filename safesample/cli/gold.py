@@ -1,0 +1,85 @@
+"""`--gold COL` and its companions, shared by `label` and `judge`: the options once, the checks
+before any work, and the outputs after it (summary lines on stderr, the disagreeing rows).
+
+The calibration itself is the stages' (`safesample.calibration`); this module only parses and
+writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from safesample.calibration import Calibration, GoldOptions
+
+Gold = Annotated[Optional[str], typer.Option(
+    "--gold", metavar="COL", help="Column of human refusal labels (full_refusal / partial_refusal / "
+    "compliance, or yes/no) to calibrate the judge against: accuracy, Cohen's kappa, confusion "
+    "matrix.", show_default=False)]
+GoldMode = Annotated[str, typer.Option("--gold-mode", help="auto (3-way style when the gold column "
+                                       "has one, else binary), binary or style.")]
+GoldScheme = Annotated[str, typer.Option("--gold-scheme", help="auto, or do_not_answer (action codes "
+                                         "0-5 of Do-Not-Answer).")]
+By = Annotated[Optional[str], typer.Option("--by", metavar="COL", help="With --gold: accuracy per "
+                                           "value of COL (model, category).", show_default=False)]
+Disagreements = Annotated[Optional[Path], typer.Option(
+    "--disagreements", metavar="FILE", help="With --gold: write the rows where the judge and the gold "
+    "labels disagree (.parquet, .csv, .jsonl, .arrow).", show_default=False)]
+
+
+def options(gold: str | None, mode: str, scheme: str, by: str | None,
+            disagreements: Path | None) -> "GoldOptions | None":
+    """GoldOptions from the flags (None without --gold), the disagreements path checked now."""
+    from safesample.calibration import gold_options
+    from safesample.tables import check_output
+
+    opts = gold_options(gold, mode, scheme, by, disagreements=disagreements)
+    if disagreements is not None:
+        check_output(str(disagreements), "--disagreements")
+    return opts
+
+
+def check_json_path(path: Path | None, flag: str) -> None:
+    """A JSON side output (--report, --summary) can be written: fail before any work."""
+    from safesample.cli.common import check_side_output
+
+    if path is not None:
+        check_side_output(str(path), flag)
+
+
+def finish(table: "pa.Table", results: "dict[str, Calibration]", disagreements: Path | None) -> None:
+    """Print each judge's calibration on stderr and write the disagreeing rows (atomically)."""
+    from safesample.calibration import calibration_lines, disagreements_of
+    from safesample.console import CONSOLE
+
+    for line in calibration_lines(results):
+        CONSOLE.info(line)
+    if disagreements is not None:
+        rows = disagreements_of(table, results)
+        _write(rows, disagreements)
+        CONSOLE.info(f"wrote {rows.num_rows} disagreeing rows to {disagreements}")
+
+
+def _write(rows: "pa.Table", path: Path) -> None:
+    """`tables.write_table` for a side output: it claims its path as `-o`, which the run's registry
+    refuses for a file registered as --disagreements; until it takes the option's name (reported),
+    the same atomic write under that name."""
+    import inspect
+
+    from safesample import tables
+
+    if "what" in inspect.signature(tables.write_table).parameters:
+        tables.write_table(rows, str(path), what="--disagreements")
+        return
+    with tables.atomic_path(path, what="--disagreements") as tmp:
+        tables._WRITERS[tables.WRITE_FORMATS[path.suffix.lower()]](rows, tmp)
+
+
+def args(gold: str | None, mode: str, scheme: str, by: str | None, disagreements: Path | None) -> dict[str, Any]:
+    """The --gold options for provenance."""
+    return {"gold": gold, "gold_mode": mode, "gold_scheme": scheme, "by": by,
+            "disagreements": str(disagreements) if disagreements else None}
