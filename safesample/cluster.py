@@ -418,14 +418,18 @@ def reference_vectors(pool: "pa.Table", ref_table: "pa.Table", options: "Cluster
     spec = reference_spec(ref_table, options.reference_text, embed.TextSpec.parse(field_info(pool).get("text")))
     texts = embed.texts_of(ref_table, spec, command="cluster --reference", choose="--reference-text COLUMN")
     ref_model = resolve_model(wanted)
-    chosen = choose_backend(options.backend or pool_backend or "auto", ref_model)
+    chosen = choose_backend(options.backend or pool_backend or "auto", ref_model, reporter=reporter)
     what = f"template {spec.template!r}" if spec.template else f"column {spec.text!r}"
     how = f"embedded on the fly: {what} with {ref_model.name} on {chosen}"
     if not embed_now:
         return None, how, ref_model.name
     reporter.info(f"the reference has no embeddings of the pool's model; {how}")
     if load_encoder is None:
-        from safesample.backends.embedding import load_encoder
+        from functools import partial
+
+        from safesample.backends import embedding
+
+        load_encoder = partial(embedding.load_encoder, reporter=reporter)
     with embed.cache_for(ref_model.settings(chosen), enabled=options.cache) as cache, \
             reporter.progress(None, f"embedding the reference ({chosen})", unit="texts") as advance:
         vectors = embed.embed_texts(texts, lambda: load_encoder(ref_model, chosen, options.batch_size),

@@ -247,9 +247,13 @@ def embed_table(table: "pa.Table", options: EmbedOptions, *, reporter: Reporter 
     spec = options.spec
     texts = texts_of(table, spec)
     model = resolve_model(options.model)
-    chosen = choose_backend(options.backend, model)
+    chosen = choose_backend(options.backend, model, reporter=reporter)
     if load_encoder is None:
-        from safesample.backends.embedding import load_encoder
+        from functools import partial
+
+        from safesample.backends import embedding
+
+        load_encoder = partial(embedding.load_encoder, reporter=reporter)
     stats = EmbedStats()
     with cache_for(model.settings(chosen), enabled=options.cache) as cache, \
             reporter.progress(None, f"embedding ({chosen})", unit="texts") as advance:

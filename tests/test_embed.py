@@ -232,16 +232,16 @@ def test_local_model_fingerprint_changes_with_its_files(tmp_path: Path):
         E.choose_backend("onnx", E.resolve_model(str(folder)))
 
 
-def test_auto_backend_falls_back_to_torch_without_onnxruntime(monkeypatch, capsys):
-    from safesample import console
+def test_auto_backend_falls_back_to_torch_without_onnxruntime(monkeypatch):
     from safesample.backends import embedding as E
+    from safesample.reporter import RecordingReporter
 
     monkeypatch.setattr(E, "_cuda_present", lambda: False)
     model = E.resolve_model(None)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    console.set_verbosity(console.NORMAL)
-    assert E.choose_backend("auto", model) == "torch"
-    assert "onnxruntime is not installed" in capsys.readouterr().err
+    reporter = RecordingReporter()
+    assert E.choose_backend("auto", model, reporter=reporter) == "torch"
+    assert any("onnxruntime is not installed" in w for w in reporter.warnings())
     with pytest.raises(ModelError, match="onnxruntime is not installed") as exc:
         E.choose_backend("onnx", model)
     assert "safesample[onnx]" in exc.value.hint
