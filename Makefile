@@ -13,9 +13,9 @@ DEMO := build/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install browser test demo completions bench clean experiment
+.PHONY: install browser vllm-wheel test demo completions bench clean experiment
 
-install: $(VENV)/.installed browser
+install: $(VENV)/.installed browser vllm-wheel
 
 # The report's browser tests open pages in headless Chromium: installed (Debian's package) where
 # missing and we are root, as in CI; elsewhere they skip, and under CI=true they fail without it.
@@ -25,6 +25,17 @@ browser:
 	  echo "installing chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "note: no chromium here and not root: the browser tests will skip"; fi
+
+# tests/test_vllm_contract.py reads vLLM 0.32.0's interface out of its wheel's source (vLLM itself
+# is 5.8 GB installed and cannot start without a GPU): fetched once (~330 MB, seconds), no deps.
+# Without network it is a note (the test skips), except under CI=true, where the test fails.
+VLLM_WHEEL := .cache/vllm-wheel/.vllm-0.32.0
+vllm-wheel: $(VLLM_WHEEL)
+$(VLLM_WHEEL): | $(VENV)/.installed
+	@mkdir -p $(@D)
+	@if $(PY) -m pip download -q --no-deps --only-binary=:all: vllm==0.32.0 -d $(@D); then touch $@; \
+	else echo "note: could not fetch the vLLM 0.32.0 wheel; the vLLM contract test will skip"; \
+	  [ "$${CI:-}" != true ]; fi
 
 # torch first, from the CPU build measured in shared/ENVIRONMENT.md; a plain `torch` pulls CUDA.
 $(VENV)/.installed: pyproject.toml

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+import fake_vllm
 from label_fixtures import CountingEngine, build_chatty_llama, one_thread
 from safesample.backends.generation import (TransformersEngine, VLLMEngine, cached_generate, load_engine,
                                             model_fingerprint)
@@ -150,46 +150,86 @@ def test_vllm_engine_without_vllm_says_how_to_get_it(chatty):
     assert load_engine(str(chatty), engine="auto", max_new_tokens=2).name == "transformers"
 
 
-class FakeLLM:
-    """Stands in for vllm.LLM: records what it is given, answers like vLLM's RequestOutput."""
-
-    def __init__(self, model=None, answer=None, **kwargs):
-        self.kwargs = {"model": model, **kwargs}
-        self.calls = []
-        self.answer = answer or (lambda ids, params: f"{len(ids)} tokens, max {params.max_tokens}")
-
-    def generate(self, prompts, params, use_tqdm=True):
-        self.calls.append((prompts, params, use_tqdm))
-        return [SimpleNamespace(outputs=[SimpleNamespace(text=self.answer(p["prompt_token_ids"], params))])
-                for p in prompts]
-
-
-def fake_params(**kwargs):
-    return SimpleNamespace(**kwargs)
-
-
 def test_vllm_engine_greedy_token_prompts_in_order(chatty):
     made = []
-
-    def factory(**kwargs):
-        made.append(FakeLLM(**kwargs))
-        return made[-1]
-
-    engine = load_engine(str(chatty), engine="vllm", max_new_tokens=7, llm_factory=factory,
-                         params_factory=fake_params)
+    engine = load_engine(str(chatty), engine="vllm", max_new_tokens=7,
+                         **fake_vllm.factories(made, answer=lambda ids, params: [len(ids) % 50 + 3]))
     assert engine.name == "vllm" and made == []  # vLLM starts on first use only
     out = engine.chat(PROMPTS)
     assert len(made) == 1 and made[0].kwargs["model"] == str(chatty) and made[0].kwargs["seed"] == 0
-    prompts, params, use_tqdm = made[0].calls[0]
-    assert params.temperature == 0.0 and params.max_tokens == 7 and use_tqdm is False
+    call = made[0].calls[0]
+    params = call["sampling_params"]
+    assert params.temperature == 0.0 and params.max_tokens == 7 and call["use_tqdm"] is False
+    assert params.repetition_penalty == 1.0 and params.detokenize is False
+    assert params.stop_token_ids == [engine.tokenizer.eos_token_id] and call["lora_request"] is None
     expected_ids = engine.tokenizer(engine.format_chat(PROMPTS), add_special_tokens=False)["input_ids"]
-    assert [p["prompt_token_ids"] for p in prompts] == expected_ids
-    assert out == [f"{len(ids)} tokens, max 7" for ids in expected_ids]
+    assert [p["prompt_token_ids"] for p in call["prompts"]] == expected_ids
+    assert out == [engine.tokenizer.decode([len(ids) % 50 + 3]) for ids in expected_ids]
     assert engine.generate([]) == []
 
 
+def test_vllm_gets_the_resolved_dtype_and_a_max_model_len_sized_from_the_prompts(chatty):
+    made = []
+    engine = load_engine(str(chatty), engine="vllm", max_new_tokens=8, **fake_vllm.factories(made))
+    engine.chat(["Hi"])
+    assert made[0].kwargs["dtype"] == "float32"  # `auto` resolved here (no GPU): never vLLM's own auto
+    assert made[0].kwargs["max_model_len"] == 256  # short prompts: one step, not the model's 512
+    engine.chat(["rain " * 150])  # needs more: vLLM restarts larger, up to the model's length
+    assert len(made) == 2 and made[0].stopped == 1 and made[1].kwargs["max_model_len"] == 512
+    engine.close()
+    fixed = load_engine(str(chatty), engine="vllm", max_model_len=128, tensor_parallel_size=2,
+                        gpu_memory_utilization=0.5, enforce_eager=True, **fake_vllm.factories(made))
+    assert fixed.chat(["rain " * 150]) and fixed.truncated_prompts == 1
+    assert {k: made[-1].given[k] for k in ("max_model_len", "tensor_parallel_size", "gpu_memory_utilization",
+                                           "enforce_eager")} == {"max_model_len": 128, "tensor_parallel_size": 2,
+                                                                 "gpu_memory_utilization": 0.5, "enforce_eager": True}
+    with pytest.raises(UsageError):
+        load_engine(str(chatty), engine="vllm", gpu_memory_utilization=1.5, **fake_vllm.factories())
+
+
+def test_both_engines_truncate_to_the_same_length(chatty, engine):
+    vllm_engine = load_engine(str(chatty), engine="vllm", max_new_tokens=10, **fake_vllm.factories())
+    long = engine.format_chat(["rain " * 300])
+    a, b = engine._encode(long, 10), vllm_engine._encode(long, 10)
+    assert a == b and len(a[0]) == 512 - 10
+
+
+def _eos_model(chatty: Path, tmp_path: Path) -> Path:
+    """The chatty model with a generation_config naming a second EOS token (as Llama-3's <|eot_id|>)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "eos"
+    shutil.copytree(chatty, folder)
+    eos = json.loads((folder / "config.json").read_text())["eos_token_id"]
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, 7], "repetition_penalty": 1.3}))
+    return folder
+
+
+def test_one_generation_contract_eos_list_and_no_repetition_penalty(chatty, tmp_path, monkeypatch):
+    folder = _eos_model(chatty, tmp_path)
+    hf = load_engine(str(folder), engine="transformers", max_new_tokens=5)
+    seen = {}
+    real = hf.model.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(hf.model, "generate", spy)
+    hf.chat(["Hi"])
+    eos = hf.tokenizer.eos_token_id
+    assert seen["eos_token_id"] == [eos, 7] and seen["repetition_penalty"] == 1.0
+    made = []
+    vl = load_engine(str(folder), engine="vllm", max_new_tokens=5,
+                     **fake_vllm.factories(made, answer=lambda ids, params: [9, 7, 9]))
+    assert vl.chat(["Hi"]) == [vl.tokenizer.decode([9])]  # stops at the second EOS
+    assert made[0].calls[0]["sampling_params"].stop_token_ids == [eos, 7]
+
+
 def test_vllm_and_transformers_engines_agree_on_the_same_model(chatty, engine):
-    """A fake vLLM that runs the same weights greedily: both engines must give the same text."""
+    """A fake vLLM that runs the same weights greedily and returns token ids, as vLLM does with
+    detokenize=False: the adapter decodes them exactly as the transformers engine does."""
     import torch
 
     model, tok = engine.model, engine.tokenizer
@@ -197,22 +237,90 @@ def test_vllm_and_transformers_engines_agree_on_the_same_model(chatty, engine):
     def answer(ids, params):
         with torch.inference_mode():
             out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=params.max_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+                                 max_new_tokens=params.max_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=params.stop_token_ids)
+        generated = out[0, len(ids):].tolist()
+        stop = [k for k, t in enumerate(generated) if t in params.stop_token_ids]
+        return generated[:stop[0] + 1] if stop else generated  # vLLM keeps the EOS id, then stops
 
-    vllm_engine = VLLMEngine(resolve(str(chatty)), max_new_tokens=10,
-                             llm_factory=lambda **kw: FakeLLM(answer=answer, **kw), params_factory=fake_params)
+    vllm_engine = load_engine(str(chatty), engine="vllm", max_new_tokens=10, **fake_vllm.factories(answer=answer))
     assert vllm_engine.chat(PROMPTS) == engine.chat(PROMPTS)
 
 
-def test_vllm_load_failure_is_a_model_error(chatty):
+def test_vllm_load_and_generate_failures_are_model_errors(chatty):
     def broken(**kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    engine = load_engine(str(chatty), engine="vllm", llm_factory=broken, params_factory=fake_params)
-    with pytest.raises(ModelError, match="CUDA out of memory"):
+    engine = load_engine(str(chatty), engine="vllm", **{**fake_vllm.factories(), "llm_factory": broken})
+    with pytest.raises(ModelError, match="CUDA out of memory") as info:
         engine.chat(["Hi"])
+    assert "--gpu-memory-utilization" in info.value.hint
+
+    def failing(ids, params):
+        raise RuntimeError("EngineCore died")
+
+    engine = load_engine(str(chatty), engine="vllm", **fake_vllm.factories(answer=failing))
+    with pytest.raises(ModelError, match="EngineCore died"):
+        engine.chat(["Hi"])
+
+
+def test_a_prompt_vllm_rejects_marks_its_row_only(chatty):
+    bad = []
+
+    def answer(ids, params):
+        if ids[-len(bad):] == bad:
+            raise fake_vllm.VLLMValidationError("The decoder prompt ends in a way the model rejects")
+        return [40]
+
+    engine = load_engine(str(chatty), engine="vllm", max_new_tokens=3, **fake_vllm.factories(answer=answer))
+    tok = engine.tokenizer
+    bad[:] = tok("zebra crossing", add_special_tokens=False)["input_ids"]
+    prompts = ["Hi", "zebra crossing", "", "Two plus two?"]
+    out = engine.generate(prompts)
+    assert out[0] == out[3] == engine._decode([40]) != "" and out[1] is None and out[2] is None
+    assert "rejected" in engine.last_errors[1] and "empty prompt" in engine.last_errors[2]
+    errors: dict = {}
+    texts, hits = cached_generate(engine, prompts, errors=errors)
+    assert texts[1] == texts[2] == "" and set(errors) == {1, 2}
+    again, hits = cached_generate(engine, prompts, errors={})
+    assert hits == 2  # the failed prompts were not cached
+
+
+def test_transformers_marks_an_empty_prompt(engine):
+    out = engine.generate(["", engine.format_chat(["Hi"])[0]])
+    assert out[0] is None and out[1] and "empty prompt" in engine.last_errors[0]
+
+
+def test_cache_is_written_chunk_by_chunk_so_a_crash_keeps_the_work(engine):
+    class Crashing(CountingEngine):
+        def generate(self, prompts, max_new_tokens=None, progress=None):
+            if len(self.calls) == 1:
+                raise KeyboardInterrupt
+            return super().generate(prompts, max_new_tokens, progress)
+
+    prompts = engine.format_chat(PROMPTS)
+    crashing = Crashing(engine)
+    crashing.cache_chunk = 2
+    with pytest.raises(KeyboardInterrupt):
+        cached_generate(crashing, prompts)
+    counting = CountingEngine(engine)
+    counting.cache_chunk = 100
+    _, hits = cached_generate(counting, prompts)
+    assert hits == 2 and counting.calls == [4]
+
+
+def test_dtype_and_max_model_len_are_in_the_cache_key(engine):
+    counting = CountingEngine(engine)
+    prompts = engine.format_chat(PROMPTS[:2])
+    cached_generate(counting, prompts)
+    cached_generate(counting, prompts)
+    assert counting.calls == [2]
+    engine.dtype = "bfloat16"
+    try:
+        cached_generate(counting, prompts)
+    finally:
+        engine.dtype = "float32"
+    assert counting.calls == [2, 2]
 
 
 def test_label_stage_on_the_real_engine_reruns_from_the_cache(engine):

