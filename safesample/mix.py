@@ -22,7 +22,12 @@ from safesample.errors import CheckFailed, DataError, UsageError
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from safesample.reporter import Reporter
+
 BENIGN, SAFETY = "benign", "safety"
+# Benign look-alikes of the safety rows (`select --contrast`): trained as benign rows, with their
+# own answer; the ratio checks count them as benign.
+CONTRAST = "contrast"
 DEFAULT_MAP = {"response": "output", "prompt": "instruction"}
 FORMATS = ("both", "alpaca", "chat")
 ALPACA_COLUMNS = ("instruction", "input", "output")
@@ -145,7 +150,7 @@ def _prepare(part: Part, mapping: dict[str, str], chat: bool) -> "pa.Table":
                         "write --format alpaca, or rename it: --map messages=messages_orig")
     if "source" in table.column_names:
         values = set(pc.unique(table.column("source")).to_pylist())
-        if not values <= {BENIGN, SAFETY}:
+        if not values <= {BENIGN, SAFETY, CONTRAST}:
             # The shared datasets name their origin in `source`: keep it under another name.
             if "origin" in table.column_names:
                 raise DataError(f"{part.name!r} has both 'source' and 'origin' columns",
@@ -153,6 +158,10 @@ def _prepare(part: Part, mapping: dict[str, str], chat: bool) -> "pa.Table":
             table = table.rename_columns(["origin" if n == "source" else n for n in table.column_names])
     if "source" not in table.column_names:
         table = table.append_column("source", pa.array([part.role] * table.num_rows, pa.string()))
+        if part.role == SAFETY and "select_role" in table.column_names:  # rows of `select --contrast`
+            contrast = pc.fill_null(pc.equal(table.column("select_role").cast(pa.string()), CONTRAST), False)
+            table = table.set_column(table.column_names.index("source"), "source",
+                                     pc.if_else(contrast, CONTRAST, table.column("source")))
     return table
 
 
@@ -223,7 +232,7 @@ def _messages(table: "pa.Table", system: str | None) -> "pa.Array":
 
 def mix(parts: Sequence[Part], *, mapping: dict[str, str] | None = None, seed: int = 0,
         shuffle: bool = True, fmt: str = "both", system: str | None = None, slim: bool = False,
-        ratio: float | None = None, safety_budget: int | None = None) -> "pa.Table":
+        ratio: float | None = None, safety_budget: int | None = None, reporter: "Reporter | None" = None) -> "pa.Table":
     """The union of `parts` (one benign, then safety tables), mapped, checked and shuffled."""
     import pyarrow as pa
 
@@ -239,6 +248,7 @@ def mix(parts: Sequence[Part], *, mapping: dict[str, str] | None = None, seed: i
                          "check the column names (e.g. with a dry run: --dry-run -v)")
     chat = fmt in ("both", "chat")
     tables = [_prepare(p, mapping, chat) for p in parts]
+    tables = _fold_contrast(parts, tables, reporter)
     _check_ids(parts, tables)
     counts = mix_counts(tables)
     check(counts, ratio, safety_budget)
@@ -259,10 +269,34 @@ def mix(parts: Sequence[Part], *, mapping: dict[str, str] | None = None, seed: i
     return table
 
 
+def _fold_contrast(parts: Sequence[Part], tables: list["pa.Table"], reporter: "Reporter | None") -> list["pa.Table"]:
+    """Contrast rows that are rows of the benign input (same id: `select --contrast` was given the
+    fine-tuning set itself) are kept once, as contrast rows: the benign copy goes, with a warning,
+    since they then add no new training rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = [t.filter(pc.equal(t.column("source"), CONTRAST)).column("id").cast(pa.string())
+           for t in tables[1:] if "id" in t.column_names and pc.any(pc.equal(t.column("source"), CONTRAST)).as_py()]
+    if not ids or "id" not in tables[0].column_names:
+        return tables
+    benign = tables[0]
+    mask = pc.is_in(benign.column("id").cast(pa.string()), value_set=pa.concat_arrays(
+        [c.combine_chunks() for c in ids]))
+    shared = int(pc.sum(mask).as_py() or 0)
+    if not shared:
+        return tables
+    if reporter is not None:
+        reporter.warn(f"{shared} contrast rows are rows of the benign input {parts[0].name!r} already: kept once, as "
+                      "source=contrast, so they add no new training rows; pass `select --contrast` another "
+                      "instruction table (e.g. a larger pool than the fine-tuning set) to add look-alikes")
+    return [benign.filter(pc.invert(mask)), *tables[1:]]
+
+
 def mix_counts(tables: Sequence["pa.Table"]) -> dict[str, int]:
     import pyarrow.compute as pc
 
-    counts = {BENIGN: 0, SAFETY: 0}
+    counts = {BENIGN: 0, SAFETY: 0, CONTRAST: 0}
     for table in tables:
         vc = pc.value_counts(table.column("source"))
         for value, count in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
@@ -272,7 +306,7 @@ def mix_counts(tables: Sequence["pa.Table"]) -> dict[str, int]:
 
 def check(counts: dict[str, int], ratio: float | None, safety_budget: int | None) -> None:
     """The mixture checks a user asked for: a safety row count, or a safety-to-benign ratio."""
-    benign, safety = counts[BENIGN], counts[SAFETY]
+    benign, safety = counts[BENIGN] + counts.get(CONTRAST, 0), counts[SAFETY]  # look-alikes are benign
     if safety_budget is not None and safety != safety_budget:
         raise CheckFailed(f"the mixture has {safety} safety rows, not the {safety_budget} of --safety-budget",
                           f"select exactly that many: safesample select ... --budget {safety_budget}")

@@ -21,6 +21,10 @@ LLaMA-Factory. Columns are mapped first: response -> output and prompt -> instru
 default, and --map OLD=NEW for anything else. An input's own `source` column (e.g. the dataset
 name) is kept as `origin`. Ids shared by two inputs are refused: that would train on a row twice.
 
+Rows of `select --contrast` (select_role=contrast: benign look-alikes of the safety rows) are
+trained as benign rows with their own answer, marked source=contrast; --ratio counts them as
+benign. A look-alike that is already a row of the benign set (same id) is kept once, with a warning.
+
 --ratio (safety rows per benign row) and --safety-budget check the counts and fail with exit
 code 3 when they disagree.
 
@@ -85,10 +89,12 @@ def command(inputs: Inputs, output: Output = "-",
     parts = [stage.Part(path, stage.BENIGN if i == 0 else stage.SAFETY, table)
              for i, (path, table) in enumerate(zip(inputs, tables))]
     table = stage.mix(parts, mapping=mapping, seed=seed, shuffle=not no_shuffle, fmt=format.value,
-                      system=system, slim=slim, ratio=share, safety_budget=safety_budget)
+                      system=system, slim=slim, ratio=share, safety_budget=safety_budget, reporter=console.CONSOLE)
     counts = stage.mix_counts([table])
-    summary = (f"{counts[stage.BENIGN]} benign + {counts[stage.SAFETY]} safety rows "
-               f"({counts[stage.SAFETY] / max(counts[stage.BENIGN], 1):.2%} safety per benign row)")
+    look_alikes = f" + {counts[stage.CONTRAST]} contrast" if counts[stage.CONTRAST] else ""
+    benign = counts[stage.BENIGN] + counts[stage.CONTRAST]  # look-alikes are benign rows
+    summary = (f"{counts[stage.BENIGN]} benign{look_alikes} + {counts[stage.SAFETY]} safety rows "
+               f"({counts[stage.SAFETY] / max(benign, 1):.2%} safety per benign row)")
     if dry_run:
         console.console.print(f"plan: mix {summary}; columns: {', '.join(table.column_names)}", markup=False)
         console.console.print("dry run: nothing written", markup=False)

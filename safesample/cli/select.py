@@ -32,6 +32,17 @@ A coverage report (categories, behaviors, clusters covered, mean pairwise cosine
 the mean of 10 random draws of the same budget) goes to stderr and, with --report, to JSON.
 A budget the pool cannot supply is an error (exit 1), never a shorter output.
 
+--contrast BENIGN adds benign look-alikes of the picks, answered normally, against over-refusal:
+rows of BENIGN (instruction + output; embedded with the pool's model when they have no
+embeddings, cached) nearest to the picks by cosine, benign by label where labels exist
+(harmful_request, harmful_response, refusal, behavior), dealt round-robin (each pick its nearest
+unused look-alike, closest first), never a duplicate (id, normalised text, --dedup) and never a
+row --exclude would drop. The default --contrast-share 0.5 (half as many look-alikes as picks)
+keeps the refusal signal the larger one and the look-alikes close to their picks; they come on
+top of --budget unless --contrast-within-budget. Rows get select_role (safety / contrast),
+contrast_for (the pick's id) and select_reason; `mix` trains contrast rows as benign rows
+(source=contrast). Fewer look-alikes than asked is an error (exit 1), never a shorter output.
+
 Examples:
 
 \b
@@ -42,6 +53,8 @@ Examples:
   safesample select pool.parquet --strategy stratified --category-col category_coarse \\
       --budget 50 -o picked.parquet
   safesample select clustered.parquet --budget 100 -o - | safesample mix benign.parquet - -o train.jsonl
+  safesample select clustered.parquet --budget 100 --contrast instructions.parquet -o - \\
+      | safesample mix benign.parquet - -o train.jsonl
 """
 
 
@@ -78,6 +91,16 @@ def command(input: Input, budget: Budget, output: Output = "-",
                 "not be trained on; repeatable.", show_default=False)] = None,
             exclude_threshold: Annotated[float, typer.Option("--exclude-threshold", help="Cosine at or "
                                                              "above which a row matches an --exclude prompt.")] = 0.9,
+            contrast: Annotated[Optional[str], typer.Option(
+                "--contrast", help="Benign (instruction, output) table to add look-alikes of the picks "
+                "from (against over-refusal).", show_default=False)] = None,
+            contrast_share: Annotated[float, typer.Option("--contrast-share", help="Look-alikes per "
+                                                          "safety pick.")] = 0.5,
+            contrast_within_budget: Annotated[bool, typer.Option(
+                "--contrast-within-budget", help="Count look-alikes against --budget (default: on top).")] = False,
+            contrast_lexical: Annotated[float, typer.Option(
+                "--contrast-lexical", help="Weight (0-1) of a shared harmful-sounding word next to the "
+                "cosine; 0 is off.")] = 0.0,
             report: Annotated[Optional[str], typer.Option("--report", help="Also write the coverage "
                                                           "report as JSON here.", show_default=False)] = None,
             seed: Seed = 0, limit: Limit = None, batch_size: BatchSize = 64, dry_run: DryRun = False,
@@ -89,7 +112,7 @@ def command(input: Input, budget: Budget, output: Output = "-",
     from safesample.tables import check_output, read_table
 
     behavior_spec = stage.parse_behavior(behavior)
-    if [input, of, *(exclude or [])].count("-") > 1:
+    if [input, of, contrast, *(exclude or [])].count("-") > 1:
         raise UsageError("only one table can come from stdin ('-')", "write the others to files first")
     if not 0 < dedup <= 1:
         raise UsageError(f"--dedup {dedup} is outside (0, 1]",
@@ -97,7 +120,8 @@ def command(input: Input, budget: Budget, output: Output = "-",
     options = stage.SelectOptions(  # the budget is set below, once the --of table is read
         budget=1, strategy=strategy.value, behavior=behavior_spec, category_col=category_col,
         dedup=None if keep_duplicates else dedup, keep_harmful=keep_harmful, exclude_threshold=exclude_threshold,
-        seed=seed, batch_size=batch_size)
+        seed=seed, batch_size=batch_size, contrast_share=contrast_share,
+        contrast_within_budget=contrast_within_budget, contrast_lexical=contrast_lexical)
     stage.validate(options)
     if not dry_run:
         check_output(output)
@@ -108,15 +132,18 @@ def command(input: Input, budget: Budget, output: Output = "-",
     table = load(input, limit)
     CONSOLE.debug(f"read the pool in {time.perf_counter() - started:.2f} s")
     excluded = [(path, read_table(path)) for path in exclude or []]
+    look_alikes = (contrast, load(contrast)) if contrast is not None else None
     if dry_run:
-        print_plan(stage.plan(table, options, exclude=excluded, reporter=CONSOLE))
+        print_plan(stage.plan(table, options, exclude=excluded, contrast=look_alikes, reporter=CONSOLE))
         return
-    result = stage.select_table(table, options, exclude=excluded, reporter=CONSOLE)
+    result = stage.select_table(table, options, exclude=excluded, contrast=look_alikes, reporter=CONSOLE)
     args = {"budget": budget, "rows": options.budget, "of": of, "strategy": strategy.value, "behavior": behavior,
             "category_col": category_col, "dedup": options.dedup, "keep_harmful": keep_harmful,
-            "exclude": exclude or [], "exclude_threshold": exclude_threshold, "limit": limit}
+            "exclude": exclude or [], "exclude_threshold": exclude_threshold, "limit": limit, "contrast": contrast,
+            "contrast_share": contrast_share, "contrast_within_budget": contrast_within_budget,
+            "contrast_lexical": contrast_lexical}
     save(result.table, output, NAME, args, seed=seed, models=result.models or None,
-         inputs=[input, *(exclude or []), *([of] if of else [])])
+         inputs=[input, *(exclude or []), *([of] if of else []), *([contrast] if contrast else [])])
     _show_report(stage, result.report)
     if report is not None:
         write_json(result.report, report, "coverage report")
@@ -152,3 +179,7 @@ def _show_report(stage, report: dict) -> None:
         console.info("excluded: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in excluded.items()))
     for note in report["notes"]:
         console.info(f"note: {note}")
+    dropped = {k: v for k, v in report.get("contrast", {}).get("excluded", {}).items() if v}
+    if dropped:
+        console.info("contrast candidates excluded: " + ", ".join(f"{k.replace('_', ' ')} {v}"
+                                                                  for k, v in dropped.items()))

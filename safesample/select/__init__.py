@@ -32,6 +32,7 @@ The package, in the order of the algorithm:
 - `quotas.py`      how many picks each group gets, and filling the quotas pick by pick
 - `exclusions.py`  evaluation prompts (decontamination) and duplicates, checked pick by pick
 - `strategies.py`  random, stratified, prototype, similarity, diverse
+- `contrast.py`    `--contrast`: benign look-alikes of the picks, answered normally (over-refusal)
 - `report.py`      coverage of the selection against random draws of the same budget
 - here             the stage: `plan` (--dry-run), `select_table` (options in, `SelectResult` out)
                    and `select` (the same with plain arguments)
@@ -48,8 +49,9 @@ import numpy as np
 
 from safesample.errors import DataError, UsageError
 from safesample.reporter import SILENT, Reporter
+from safesample.select.contrast import CONTRAST, DEFAULT_SHARE, SAFETY, add_contrast, split_budget, text_column
 from safesample.select.exclusions import (Acceptor, EmbedTexts, Exclusions, default_embedder,
-                                          exclusions_from_tables, normalise)
+                                          exclusions_from_tables, normalise, shared)
 from safesample.select.options import (ALL_BEHAVIORS, BEHAVIORS, EMBEDDING_STRATEGIES, NO_CATEGORY, RANDOM_DRAWS,
                                        SAFE_BEHAVIORS, STRATEGIES, SelectOptions, parse_behavior, parse_budget)
 from safesample.select.pool import Plan, Pool, Texts, plan_selection
@@ -66,8 +68,8 @@ if TYPE_CHECKING:
 
 
 __all__ = [
-    "ALL_BEHAVIORS", "BEHAVIORS", "EMBEDDING_STRATEGIES", "NO_CATEGORY", "RANDOM_DRAWS", "SAFE_BEHAVIORS",
-    "STRATEGIES", "EmbedTexts", "Exclusions", "Plan", "Pool", "SelectOptions", "SelectResult", "Texts", "Vectors",
+    "ALL_BEHAVIORS", "BEHAVIORS", "CONTRAST", "DEFAULT_SHARE", "EMBEDDING_STRATEGIES", "NO_CATEGORY", "RANDOM_DRAWS", "SAFE_BEHAVIORS",
+    "SAFETY", "STRATEGIES", "EmbedTexts", "Exclusions", "Plan", "Pool", "SelectOptions", "SelectResult", "Texts", "Vectors",
     "allocate", "allocate_nested", "coverage", "default_embedder", "embedding_matrix", "exclusions_from_tables",
     "normalise", "parse_behavior", "parse_budget", "plan", "plan_selection", "pool_embedding_model",
     "report_rows", "select", "select_table", "take_rows", "validate",
@@ -94,13 +96,27 @@ def validate(options: SelectOptions) -> None:
                          "it is a cosine similarity; 0.9 is a sound default")
     if options.budget < 1:
         raise UsageError(f"the budget must be at least one row, not {options.budget}", "e.g. --budget 100")
+    if not 0 <= options.contrast_lexical <= 1:
+        raise UsageError(f"--contrast-lexical {options.contrast_lexical:g} is outside [0, 1]",
+                         "it is the weight of a shared harmful-sounding word next to the cosine; 0 turns it off")
+
+
+def counts(options: SelectOptions, contrast: bool) -> tuple[int, int]:
+    """(safety picks, look-alikes) of a selection: the budget alone, or split by --contrast-share."""
+    if not contrast:
+        return options.budget, 0
+    return split_budget(options.budget, options.contrast_share, options.contrast_within_budget)
 
 
 def plan(table: "pa.Table", options: SelectOptions, *, exclude: Sequence[tuple[str, "pa.Table"]] = (),
-         reporter: Reporter = SILENT) -> list[str]:
+         contrast: tuple[str, "pa.Table"] | None = None, reporter: Reporter = SILENT) -> list[str]:
     """What --dry-run prints: the columns validated, candidates counted, quotas allocated; the
-    --exclude tables are read, but prompts without embeddings are not embedded (no model)."""
+    --exclude and --contrast tables are read, but prompts without embeddings are not embedded (no model)."""
     validate(options)
+    budget, n_contrast = counts(options, contrast is not None)
+    if contrast is not None:
+        _check_contrast(table, *contrast)
+    options = SelectOptions(**{**options.__dict__, "budget": budget})
     exclusions = exclusions_from_tables(exclude, options.exclude_threshold, False, None)
     planned = plan_selection(table, options.strategy, behavior=options.behavior, category_col=options.category_col,
                              dedup=options.dedup, keep_harmful=options.keep_harmful, exclusions=exclusions,
@@ -116,31 +132,58 @@ def plan(table: "pa.Table", options: SelectOptions, *, exclude: Sequence[tuple[s
             lines.append(f"  quota {name}: {int(quotas[b].sum())} ({shares})")
     if quotas.sum() < options.budget:
         reporter.warn(f"only {int(quotas.sum())} candidates for a budget of {options.budget}")
+    if contrast is not None:
+        name, other = contrast
+        embedded = "its own embeddings" if "embedding" in other.column_names else "embedded with the pool's model"
+        lines.append(f"  contrast: {n_contrast} benign look-alikes of the picks from {name} ({other.num_rows} rows, "
+                     f"{embedded}), {'within' if options.contrast_within_budget else 'on top of'} the budget")
     lines += [f"  note: {note}" for note in planned.notes]
     return lines
 
 
+def _check_contrast(table: "pa.Table", name: str, other: "pa.Table") -> None:
+    """Before any work: the pool has embeddings to compare with, the contrast table has text."""
+    if "embedding" not in table.column_names or table.column("embedding").null_count:
+        raise DataError("--contrast finds look-alikes by embedding cosine, but the pool has no (complete) "
+                        "'embedding' column", "run `safesample embed` on the pool first")
+    text_column(other, name)
+
+
 def select_table(table: "pa.Table", options: SelectOptions, *, exclude: Sequence[tuple[str, "pa.Table"]] = (),
-                 reporter: Reporter = SILENT, embedder: "Callable[[], EmbedTexts] | None" = None) -> SelectResult:
+                 contrast: tuple[str, "pa.Table"] | None = None, reporter: Reporter = SILENT,
+                 embedder: "Callable[[], EmbedTexts] | None" = None) -> SelectResult:
     """The stage: `options.budget` rows of `table`, none matching an `exclude` table's prompts.
 
     `exclude` holds (name, table) pairs of evaluation prompts; those without embeddings are
-    embedded with `embedder()` (default: the pool's own model, loaded only then)."""
+    embedded with `embedder()` (default: the pool's own model, loaded only then, its vectors
+    cached). `contrast` (name, table) adds benign look-alikes of the picks (`select.contrast`):
+    `options.contrast_share` per pick, on top of the budget or within it."""
     import time
 
     validate(options)
+    budget, n_contrast = counts(options, contrast is not None)
+    if contrast is not None:
+        _check_contrast(table, *contrast)
     has_emb = "embedding" in table.column_names and table.column("embedding").null_count == 0
-    exclusions = exclusions_from_tables(
-        exclude, options.exclude_threshold, has_emb,
-        embedder if embedder is not None else default_embedder(table, options.batch_size),
-        options.batch_size) if exclude else None
+    factory = shared(embedder if embedder is not None else default_embedder(table, options.batch_size, reporter))
+    exclusions = exclusions_from_tables(exclude, options.exclude_threshold, has_emb, factory,
+                                        options.batch_size) if exclude else None
     started = time.perf_counter()
-    result = select(table, options.budget, options.strategy, behavior=options.behavior,
+    result = select(table, budget, options.strategy, behavior=options.behavior,
                     category_col=options.category_col, dedup=options.dedup, keep_harmful=options.keep_harmful,
                     exclusions=exclusions, seed=options.seed, random_draws=options.random_draws, reporter=reporter)
-    reporter.debug(f"selected {options.budget} rows and drew {options.random_draws} random baselines in "
+    reporter.debug(f"selected {budget} rows and drew {options.random_draws} random baselines in "
                    f"{time.perf_counter() - started:.2f} s")
     model, _ = embedding_model(table)
+    if contrast is not None:
+        started = time.perf_counter()
+        name, other = contrast
+        with _one_blas_thread():
+            result.table, section = add_contrast(
+                result.table, table, name, other, n_contrast, dedup=options.dedup, lexical=options.contrast_lexical,
+                exclusions=exclusions, embedder=factory, seed=options.seed, pool_model=model)
+        result.report["contrast"] = dict(section, within_budget=options.contrast_within_budget)
+        reporter.debug(f"chose {n_contrast} look-alikes in {time.perf_counter() - started:.2f} s")
     result.models = {"embedding": model} if model else {}
     return result
 

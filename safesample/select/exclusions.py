@@ -14,6 +14,8 @@ from safesample.vectors import embedding_matrix, embedding_model, unit_rows
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from safesample.reporter import Reporter
+
     from safesample.select.pool import Pool
 
 EmbedTexts = Callable[[list[str]], np.ndarray]
@@ -83,26 +85,55 @@ def exclusions_from_tables(tables: Sequence[tuple[str, "pa.Table"]], threshold: 
     return Exclusions(texts, embeddings, threshold, [name for name, _ in tables])
 
 
-def default_embedder(pool: "pa.Table", batch_size: int = 256) -> Callable[[], EmbedTexts]:
+def default_embedder(pool: "pa.Table", batch_size: int = 256,
+                     reporter: "Reporter | None" = None) -> Callable[[], EmbedTexts]:
     """A factory that loads the pool's own embedding model (named on its embedding column, else
-    in its provenance)."""
+    in its provenance). Its vectors go through the `embed` cache (same scope as `safesample
+    embed`), so a rerun, or a table `embed` has already seen, embeds nothing again."""
 
     def factory() -> EmbedTexts:
         model, backend = embedding_model(pool)
         if model is None:
-            raise ModelError("the pool's provenance names no embedding model, so the --exclude "
-                             "prompts cannot be embedded the same way",
-                             "embed the exclude table with the pool's model (`safesample embed "
+            raise ModelError("the pool's provenance names no embedding model, so the --exclude or "
+                             "--contrast prompts cannot be embedded the same way",
+                             "embed that table with the pool's model (`safesample embed "
                              "eval.parquet --text prompt -o eval.emb.parquet`) and pass that")
         try:
             from safesample.backends import embedding
+            from safesample.embed import EmbedStats, cache_for, embed_texts
         except ImportError as exc:
-            raise ModelError("no embedding backend is installed to embed the --exclude prompts",
-                             "embed the exclude table with `safesample embed` and pass that") from exc
-        encoder = embedding.load_encoder(model, backend) if backend else embedding.load_encoder(model)
-        return lambda texts: np.asarray(encoder.encode(texts), dtype=np.float32)
+            raise ModelError("no embedding backend is installed to embed the --exclude or --contrast prompts",
+                             "embed that table with `safesample embed` and pass that") from exc
+        ref = embedding.resolve_model(model)
+        chosen = embedding.choose_backend(backend or "auto", ref)
+
+        def encode(texts: list[str]) -> np.ndarray:
+            stats = EmbedStats()
+            with cache_for(ref.settings(chosen)) as cache:
+                vectors = embed_texts(texts, lambda: embedding.load_encoder(ref, chosen, batch_size), cache=cache,
+                                      batch_size=batch_size, stats=stats)
+            if reporter is not None:
+                reporter.info(f"embedded {stats.rows} texts with {ref.name}: {stats.cached} from the cache, "
+                              f"{stats.embedded} computed ({stats.seconds:.1f} s)")
+            return vectors
+
+        return encode
 
     return factory
+
+
+def shared(factory: Callable[[], EmbedTexts] | None) -> Callable[[], EmbedTexts] | None:
+    """The factory, made once: --exclude and --contrast share one loaded model."""
+    if factory is None:
+        return None
+    made: list[EmbedTexts] = []
+
+    def once() -> EmbedTexts:
+        if not made:
+            made.append(factory())
+        return made[0]
+
+    return once
 
 
 class Acceptor:

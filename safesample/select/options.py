@@ -90,3 +90,8 @@ class SelectOptions:
     seed: int = 0
     random_draws: int = RANDOM_DRAWS  # random baselines in the coverage report
     batch_size: int = 64  # for embedding evaluation prompts that come without embeddings
+    # --contrast: benign look-alikes per safety pick, on top of the budget or within it, and the
+    # weight of the lexical signal (0: cosine alone); see `safesample.select.contrast`.
+    contrast_share: float = 0.5
+    contrast_within_budget: bool = False
+    contrast_lexical: float = 0.0

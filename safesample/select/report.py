@@ -128,4 +128,10 @@ def report_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(("mean pairwise cosine distance", f"{sel['mean_pairwise_distance']:.3f}",
                      f"{rnd['mean_pairwise_distance']:.3f}" if rnd.get("mean_pairwise_distance") is not None else "-",
                      "-"))
+    contrast = report.get("contrast")
+    if contrast:  # --contrast: the look-alikes, against random rows of the same table
+        rows.append(("contrast look-alikes", str(contrast["rows"]), "-", str(contrast["candidate_rows"])))
+        rows.append(("mean cosine look-alike to its pick", f"{contrast['mean_cosine']:.3f}",
+                     f"{contrast['random_mean_cosine']:.3f}" if contrast.get("random_mean_cosine") is not None
+                     else "-", "-"))
     return rows
