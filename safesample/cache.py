@@ -118,13 +118,16 @@ class Cache:
                 return fallback
         return fallback
 
-    def _move_aside(self, exc: BaseException) -> None:
+    def _close_db(self) -> None:
         if self._db is not None:
             try:
                 self._db.close()
             except sqlite3.Error:
                 pass
-            self._db = None
+        self._db = None
+
+    def _move_aside(self, exc: BaseException) -> None:
+        self._close_db()
         aside = self.path.with_name(f"{self.path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(f"{self.path}{suffix}")
@@ -141,12 +144,7 @@ class Cache:
                    f"{str(aside)!r} and started a new one (cached results are recomputed)")
 
     def _give_up(self, message: str) -> None:
-        if self._db is not None:
-            try:
-                self._db.close()
-            except sqlite3.Error:
-                pass
-        self._db = None
+        self._close_db()
         if self.enabled:
             self._warn(message)
         self.enabled = False
@@ -179,12 +177,7 @@ class Cache:
         self._guarded(put, None)
 
     def close(self) -> None:
-        if self._db:
-            try:
-                self._db.close()
-            except sqlite3.Error:
-                pass
-            self._db = None
+        self._close_db()
 
     def __enter__(self) -> "Cache":
         return self

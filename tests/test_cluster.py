@@ -16,25 +16,7 @@ from conftest import cli, no_output_left, shared_dataset, shell
 from safesample import cluster
 from safesample.errors import DataError, UsageError
 from safesample.tables import get_provenance
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def planted(n_per: int = 40, k: int = 4, dim: int = 16, noise: float = 0.05, seed: int = 0):
-    """Rows around k well-separated unit centres; returns (vectors, true labels, centres)."""
-    rng = np.random.default_rng(seed)
-    centres = unit(rng.normal(size=(k, dim)))
-    labels = np.repeat(np.arange(k), n_per)
-    return unit(centres[labels] + noise * rng.normal(size=(len(labels), dim))), labels, centres
-
-
-def emb_table(vectors: np.ndarray, **columns) -> pa.Table:
-    flat = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1), pa.float32())
-    data = {"id": [f"r{i}" for i in range(len(vectors))], **columns,
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])}
-    return pa.table(data)
+from vector_fixtures import emb_table, planted, unit
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:

@@ -10,24 +10,7 @@ import pytest
 from safesample import vectors as V
 from safesample.errors import DataError
 from safesample.tables import with_provenance
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def planted(n_per: int = 40, k: int = 4, dim: int = 16, noise: float = 0.05, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centres = unit(rng.normal(size=(k, dim)))
-    labels = np.repeat(np.arange(k), n_per)
-    return unit(centres[labels] + noise * rng.normal(size=(len(labels), dim))), labels, centres
-
-
-def emb_table(vectors: np.ndarray, **columns) -> pa.Table:
-    flat = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1), pa.float32())
-    data = {"id": [f"r{i}" for i in range(len(vectors))], **columns,
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])}
-    return pa.table(data)
+from vector_fixtures import emb_table, planted, unit
 
 
 def embedded(matrix: np.ndarray, model_dim: int, model: str = "sentence-transformers/all-MiniLM-L6-v2") -> pa.Table:
