@@ -85,6 +85,10 @@ class JudgeOptions:
     max_new_tokens: int = 256
     batch_size: int = 16
     dtype: str = "auto"
+    max_model_len: int | None = None  # prompt + answer bound (both engines); None: from the prompts (vLLM)
+    tensor_parallel_size: int = 1  # vLLM: GPUs to shard a model over
+    gpu_memory_utilization: float | None = None  # vLLM: share of GPU memory (None: vLLM's 0.92)
+    enforce_eager: bool = False  # vLLM: no CUDA graphs
     compare: str | None = None  # the name of the `base` table judge_table compares against
     bootstrap: int = 1000
     fail_under: list[str] = field(default_factory=list)  # METRIC=VALUE
@@ -254,27 +258,31 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
         from safesample.backends.reward import load_reward_model
     n = table.num_rows
     reporter.info(_plan_line(table, opts, got))
+    from safesample.backends.generation import engine_settings
+
     responses = got.existing
+    gen_errors: dict[int, str] = {}  # prompts the engine could not run: their row's generation_error
     if opts.model:
         if "response" in table.column_names:
             reporter.warn("the input already has a 'response' column; it is replaced by the new "
                           "generations (pass --responses to score it instead)")
-        with load_engine(opts.model, engine=opts.engine, batch_size=opts.batch_size,
-                         max_new_tokens=opts.max_new_tokens, dtype=opts.dtype, reporter=reporter) as gen, \
-                reporter.progress(n, "generating") as advance:
+        with load_engine(opts.model, max_new_tokens=opts.max_new_tokens, reporter=reporter,
+                         **engine_settings(opts)) as gen, reporter.progress(n, "generating") as advance:
             responses = generate(gen, got.prompts, got.inputs, got.template, system=opts.system,
-                                 max_new_tokens=opts.max_new_tokens, cache=opts.cache, progress=advance)
+                                 max_new_tokens=opts.max_new_tokens, cache=opts.cache, progress=advance,
+                                 errors=gen_errors)
     assert responses is not None
     columns: dict[str, list] = {}
     if opts.model:
         columns["response"] = responses
+        columns["generation_error"] = [gen_errors.get(i) for i in range(n)]
     columns["eval_group"] = got.groups
     for name in opts.scorers:
         if name == "rules":
             columns.update(score_rules(responses))
         elif name in GUARDS:
-            with load_engine(opts.judge_model, engine=opts.engine, batch_size=opts.batch_size,
-                             max_new_tokens=64, dtype=opts.dtype, reporter=reporter) as guard, \
+            with load_engine(opts.judge_model, max_new_tokens=64, reporter=reporter,
+                             **engine_settings(opts)) as guard, \
                     reporter.progress(n, f"judging ({name})") as advance:
                 columns.update(score_guard(guard, name, got.prompts, responses, template=opts.judge_template,
                                            cache=opts.cache, progress=advance))
@@ -409,8 +417,9 @@ def resolve_template(model: str | None, template: str) -> str:
 
 def generate(engine, prompts: Sequence[str], inputs: Sequence[str | None], template: str, *,
              system: str | None = None, max_new_tokens: int | None = None, cache: bool = True,
-             progress: Advance | None = None) -> list[str]:
-    """Greedy responses, in order; cached by (model fingerprint, settings, prompt text)."""
+             progress: Advance | None = None, errors: dict[int, str] | None = None) -> list[str]:
+    """Greedy responses, in order; cached by (model fingerprint, settings, prompt text). A prompt
+    the engine could not run gets "" and, in `errors`, its reason by row."""
     from safesample.backends.generation import cached_generate
     from safesample.finetune import alpaca_prompt, chat_text
 
@@ -423,7 +432,7 @@ def generate(engine, prompts: Sequence[str], inputs: Sequence[str | None], templ
         texts = [prefix + (alpaca_prompt(p, x) if template == "alpaca" else chat_text(p, x))
                  for p, x in zip(prompts, inputs)]
     out, _hits = cached_generate(engine, texts, max_new_tokens=max_new_tokens, cache=cache, progress=progress,
-                                 purpose="judge:respond")
+                                 purpose="judge:respond", errors=errors)
     if len(out) != len(texts):
         raise RuntimeError(f"the engine returned {len(out)} responses for {len(texts)} prompts")
     return [(r or "").strip() for r in out]

@@ -60,6 +60,10 @@ class LabelOptions:
     system: str | None = None  # system prompt for generation
     max_new_tokens: int = 256  # for generation
     max_response_chars: int = 4000  # responses cut to this for a model judge
+    max_model_len: int | None = None  # prompt + answer bound (both engines); None: from the prompts (vLLM)
+    tensor_parallel_size: int = 1  # vLLM: GPUs to shard a model over
+    gpu_memory_utilization: float | None = None  # vLLM: share of GPU memory (None: vLLM's 0.92)
+    enforce_eager: bool = False  # vLLM: no CUDA graphs (less memory, slower)
     cache: bool = True
     gold: "GoldOptions | None" = None  # calibrate the judge against human labels (`--gold`)
 
@@ -193,8 +197,10 @@ def label_table(table: "pa.Table", opts: LabelOptions, *, reporter: Reporter = S
         if loaded and loaded[0] == model:
             return loaded[1]
         release()
-        loaded[:] = [model, load_engine(model, engine=opts.engine, batch_size=opts.batch_size,
-                                        max_new_tokens=max_new_tokens, dtype=opts.dtype, reporter=reporter)]
+        from safesample.backends.generation import engine_settings
+
+        loaded[:] = [model, load_engine(model, max_new_tokens=max_new_tokens, reporter=reporter,
+                                        **engine_settings(opts))]
         return loaded[1]
 
     def release() -> None:
@@ -225,6 +231,8 @@ def _label(table: "pa.Table", opts: LabelOptions, engine_for, reporter: Reporter
     result = LabelResult(table)
     instructions = table.column("instruction").to_pylist() if "instruction" in table.column_names else [None] * n
 
+    gen_errors: dict[int, str] = {}
+    gen_failed: dict[int, str] = {}
     if opts.generate:
         from safesample.backends.generation import cached_generate
 
@@ -234,10 +242,11 @@ def _label(table: "pa.Table", opts: LabelOptions, engine_for, reporter: Reporter
         prompts = engine.format_chat([instructions[i] for i in rows], opts.system)
         with reporter.progress(len(rows), f"generating with {engine.model_name}") as advance:
             generated, hits = cached_generate(engine, prompts, max_new_tokens=opts.max_new_tokens,
-                                              cache=opts.cache, progress=advance)
+                                              cache=opts.cache, progress=advance, errors=gen_errors)
         responses: list[str | None] = [None] * n
         for i, text in zip(rows, generated):
             responses[i] = text
+        gen_failed = {rows[j]: reason for j, reason in gen_errors.items()}  # a prompt the engine refused
         result.stats.update(generated=len(rows) - hits, generation_cache_hits=hits,
                             generation_truncated_prompts=engine.truncated_prompts)
         reporter.info(f"generated {len(rows) - hits} responses ({hits} from the cache)")
@@ -249,7 +258,9 @@ def _label(table: "pa.Table", opts: LabelOptions, engine_for, reporter: Reporter
     # Rows that cannot be labelled, and why.
     errors: list[str | None] = [None] * n
     for i, text in enumerate(responses):
-        if opts.generate and (instructions[i] is None or not str(instructions[i]).strip()):
+        if i in gen_failed:
+            errors[i] = f"generation failed: {gen_failed[i]}"
+        elif opts.generate and (instructions[i] is None or not str(instructions[i]).strip()):
             errors[i] = "missing instruction: nothing to generate a response from"
         elif text is None:
             errors[i] = "missing response"

@@ -351,3 +351,27 @@ def test_label_stage_on_the_real_engine_reruns_from_the_cache(engine):
     grown = label_table(pa.table({"instruction": PROMPTS[:5]}), opts, load_engine=lambda *a, **k: counting)
     assert counting.calls == [3, 3, 2, 2]
     assert grown.table.slice(0, 3).column("response").equals(first.table.column("response"))
+
+
+def test_label_and_judge_mark_a_rejected_prompt_instead_of_aborting(chatty):
+    import pyarrow as pa
+
+    from safesample import judge
+    from safesample.label import LabelOptions, label_table
+
+    def answer(ids, params):
+        if len(ids) > 40:
+            raise fake_vllm.VLLMValidationError("The decoder prompt is too long for this test")
+        return [40, 41]
+
+    def loader(model, **kwargs):
+        return load_engine(model, **{**kwargs, "engine": "vllm"}, **fake_vllm.factories(answer=answer))
+
+    table = pa.table({"id": ["a", "b"], "instruction": ["Hi", "rain " * 60]})
+    opts = LabelOptions(generate=str(chatty), max_new_tokens=4, all_harmful=True, cache=False)
+    rows = label_table(table, opts, load_engine=loader).table.to_pylist()
+    assert rows[0]["response"] and rows[0]["label_error"] is None
+    assert rows[1]["label_error"].startswith("generation failed: vLLM rejected the prompt")
+    jopts = judge.JudgeOptions(model=str(chatty), max_new_tokens=4, cache=False)
+    judged = judge.judge_table(table.rename_columns(["id", "prompt"]), jopts, load_engine=loader).table.to_pylist()
+    assert judged[0]["generation_error"] is None and "rejected" in judged[1]["generation_error"]

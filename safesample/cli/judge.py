@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from safesample.cli import engine_options as engine_cli
 from safesample.cli import gold as gold_cli
 from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
                                    print_plan, save, setup, write_json)
@@ -92,6 +93,8 @@ def command(
     batch_size: BatchSize = 16,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, "
                                        "bfloat16 or float16.")] = "auto",
+    max_model_len: engine_cli.MaxModelLen = None, tensor_parallel_size: engine_cli.TensorParallel = 1,
+    gpu_memory_utilization: engine_cli.GpuMemory = None, enforce_eager: engine_cli.EnforceEager = False,
     summary: Annotated[Optional[Path], typer.Option("--summary", help="Write the summary as JSON "
                                                     "here.", show_default=False)] = None,
     compare: Annotated[Optional[str], typer.Option("--compare", help="Another judged file of the same "
@@ -124,11 +127,12 @@ def command(
     from safesample.tables import check_output
 
     check_output(output)
+    serving = engine_cli.options(max_model_len, tensor_parallel_size, gpu_memory_utilization, enforce_eager)
     opts = stage.JudgeOptions(
         model=model, responses=responses, prompt_col=prompt_col, category_col=category_col,
         benign_col=benign_col, scorers=stage.parse_scorers(scorer), judge_model=judge_model,
         reward_model=reward_model, reward_label=reward_label, engine=engine, template=template, system=system,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, compare=compare,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, compare=compare, **serving,
         bootstrap=bootstrap, fail_under=fail_under or [], fail_over=fail_over or [], cache=not no_cache,
         seed=seed, gold=gold_cli.options(gold, gold_mode, gold_scheme, by, disagreements))
     stage.validate(opts)  # usage errors before any input is read
@@ -147,7 +151,7 @@ def command(
     args = {"input": input, "output": output, "model": model, "responses": responses, "scorers": opts.scorers,
             "judge_model": judge_model, "reward_model": reward_model, "reward_label": reward_label,
             "template": result.template, "system": system, "max_new_tokens": max_new_tokens,
-            "engine": engine, "prompt_col": result.prompt_col, "benign_col": benign_col,
+            "engine": engine, **serving, "prompt_col": result.prompt_col, "benign_col": benign_col,
             "category_col": result.category_col, "compare": compare, "limit": limit,
             "fail_under": fail_under, "fail_over": fail_over,
             **gold_cli.args(gold, gold_mode, gold_scheme, by, disagreements)}

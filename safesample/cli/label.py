@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from safesample.cli import engine_options as engine_cli
 from safesample.cli import gold as gold_cli
 from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
                                    print_plan, save, setup, write_json)
@@ -73,6 +74,8 @@ def command(
                                                     "responses to this for a model judge.")] = 4000,
     dtype: Annotated[str, typer.Option("--dtype", help="Model dtype: auto, float32, bfloat16, "
                                        "float16.")] = "auto",
+    max_model_len: engine_cli.MaxModelLen = None, tensor_parallel_size: engine_cli.TensorParallel = 1,
+    gpu_memory_utilization: engine_cli.GpuMemory = None, enforce_eager: engine_cli.EnforceEager = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the cache of "
                                            "model outputs.")] = False,
     gold: gold_cli.Gold = None,
@@ -105,7 +108,8 @@ def command(
             raise UsageError(f"prompt file {str(prompt_file)!r} does not exist",
                              "pass a text file with {instruction} and {response} placeholders")
         template = prompt_file.read_text(encoding="utf-8")
-    opts = LabelOptions(judge=judge, model=model, engine=engine, batch_size=batch_size, dtype=dtype,
+    serving = engine_cli.options(max_model_len, tensor_parallel_size, gpu_memory_utilization, enforce_eager)
+    opts = LabelOptions(judge=judge, model=model, engine=engine, batch_size=batch_size, dtype=dtype, **serving,
                         template=template, harmful_col=harmful_col, all_harmful=all_harmful,
                         safe_responses=safe_responses, generate=generate, system=system,
                         max_new_tokens=max_new_tokens, max_response_chars=max_response_chars,
@@ -124,7 +128,7 @@ def command(
     args = {"judge": judge, "model": model, "engine": engine, "generate": generate, "system": system,
             "max_new_tokens": max_new_tokens, "prompt_file": str(prompt_file) if prompt_file else None,
             "harmful_col": harmful_col, "all_harmful": all_harmful, "safe_responses": safe_responses,
-            "max_response_chars": max_response_chars, "dtype": dtype, "cache": not no_cache,
+            "max_response_chars": max_response_chars, "dtype": dtype, **serving, "cache": not no_cache,
             "limit": limit, "batch_size": batch_size,
             **gold_cli.args(gold, gold_mode, gold_scheme, by, disagreements)}
     save(result.table, output, NAME, args, seed=seed, models=result.models, inputs=[input])
