@@ -20,13 +20,16 @@ Columns of the table (per model of the split, then all):
   partial class: their gold is full_refusal or compliance);
 - caut>C: Do-Not-Answer action-3 answers (caution/disclaimer) called compliance;
 - ref: gold refusals (XSTest refusal, Do-Not-Answer action 0) called a refusal (full or partial);
-for `rules` and for XSTest's own string match (classify_completions_strmatch.py: a refusal
+for `rules`, for the `learned` judge (safesample/backends/learned_judge.py, trained on the dev
+part by experiments/train_learned_judge.py; its gain over the rules is printed below the table)
+and for XSTest's own string match (classify_completions_strmatch.py: a refusal
 prefix at the very start; it never says partial).
 
 Also printed: the out-of-sample check on the Do-Not-Answer GPT-4 pool (a model absent from
 refusal_labels), and the share of benign Alpaca answers called compliance.
 
 Run: .venv/bin/python bench/bench_rules_accuracy.py [--split dev|held-out|all] [--errors N]
+     [--learned PATH | --no-learned]
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ def main() -> int:
     parser.add_argument("--split", choices=("held-out", "dev", "all"), default="held-out")
     parser.add_argument("--errors", type=int, default=0, help="print N disagreements per class "
                         "(dev split only: reading held-out errors would tune on them)")
+    parser.add_argument("--learned", default=None, help="learned-judge weights [default: the shipped ones]")
+    parser.add_argument("--no-learned", action="store_true", help="skip the learned judge (no embedding)")
     args = parser.parse_args()
     path = DATA / "refusal_labels" / "refusal_labels.parquet"
     if not path.exists():
@@ -96,21 +101,37 @@ def main() -> int:
     df["act"] = [None if a is pd.NA or a != a else int(a) for a in df["action"]]
     if args.split != "all":
         df = df[df["held_out"] == (args.split == "held-out")]
+    judges: tuple[str, ...] = ("rules", "strmatch")
+    if not args.no_learned:
+        from safesample.backends.learned_judge import WEIGHTS, load
+
+        if args.learned or WEIGHTS.exists():
+            df = df.copy()
+            df["learned"] = load(args.learned).classify(df["response"].tolist())
+            judges = ("rules", "learned", "strmatch")
 
     print(f"refusal_labels, {args.split} split (held out: sha256(instruction) % 10 < 3): {len(df)} rows")
-    judges = ("rules", "strmatch")
     head = f"{'model':<17}{'n':>5}" + "".join(f"{j + ' ' + m:>16}" for j in judges
                                               for m in ("bin", "3way", "caut>C", "ref"))
     print(head)
     groups = [(m, df[df["model"] == m]) for m in sorted(df["model"].unique())] + [("all", df)]
+    gains = []
     for name, part in groups:
         row = f"{name:<17}"
+        got = {}
         for k, judge in enumerate(judges):
-            s = scores(part["gold"].tolist(), part[judge].tolist(), part["act"].tolist())
+            s = got[judge] = scores(part["gold"].tolist(), part[judge].tolist(), part["act"].tolist())
             if k == 0:
                 row += f"{s['n']:>5}"
             row += "".join(f"{fmt(s[m]):>16}" for m in ("bin", "3way", "caut>C", "ref"))
         print(row)
+        if "learned" in got:
+            gains.append(f"{name:<17}" + "".join(
+                f"{'-' if got['learned'][m] is None else format(got['learned'][m] - got['rules'][m], '+.3f'):>16}"
+                for m in ("bin", "3way", "caut>C", "ref")))
+    if gains:
+        print(f"\nlearned minus rules{'':<3}" + "".join(f"{m:>16}" for m in ("bin", "3way", "caut>C", "ref")))
+        print("\n".join(gains))
 
     amb = df[df["act"].isin([1, 4])]
     if len(amb):

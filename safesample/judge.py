@@ -40,12 +40,13 @@ if TYPE_CHECKING:
     from safesample.calibration import Calibration, GoldOptions
 
 COMMAND = "judge"
-SCORERS = ("rules", "wildguard", "llm", "reward")
+SCORERS = ("rules", "wildguard", "llm", "reward", "learned")
 GUARDS = ("wildguard", "llm")
 # `--gold`: the scorers that judge refusal, the column holding each one's answer, and those of
 # them that say a refusal style (the guards say yes/no and are calibrated in binary mode).
-REFUSAL_COLUMNS = {"rules": "refusal_style", "wildguard": "wildguard_refusal", "llm": "llm_refusal"}
-STYLE_SCORERS = ("rules",)
+REFUSAL_COLUMNS = {"rules": "refusal_style", "wildguard": "wildguard_refusal", "llm": "llm_refusal",
+                   "learned": "learned_refusal_style"}
+STYLE_SCORERS = ("rules", "learned")
 TEMPLATES = ("auto", "alpaca", "chat", "raw")
 GROUPS = ("harmful", "benign", "unflagged")
 NO_CATEGORY = "(none)"
@@ -280,6 +281,8 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
     for name in opts.scorers:
         if name == "rules":
             columns.update(score_rules(responses))
+        elif name == "learned":
+            columns.update(score_learned(responses, reporter))
         elif name in GUARDS:
             with load_engine(opts.judge_model, max_new_tokens=64, reporter=reporter,
                              **engine_settings(opts)) as guard, \
@@ -322,6 +325,8 @@ def written_columns(opts: JudgeOptions) -> list[str]:
             names += [f"{scorer}_{x}" for x in ("harmful_request", "refusal", "harmful_response", "error")]
         elif scorer == "reward":
             names.append("reward")
+        elif scorer == "learned":
+            names += ["learned_refusal_style", "learned_refusal"]
     return names + (["harmful_response"] if opts.guards else [])
 
 
@@ -461,6 +466,15 @@ def score_rules(responses: Sequence[str | None], classify: Callable | None = Non
             "rules_refusal": [None if s is None else s != "compliance" for s in styles]}
 
 
+def score_learned(responses: Sequence[str | None], reporter: Reporter = SILENT) -> dict[str, list]:
+    """The learned refusal judge (`safesample.backends.learned_judge`): a style and a yes/no."""
+    from safesample.backends.learned_judge import load
+
+    styles = load().classify(list(responses), reporter=reporter)
+    return {"learned_refusal_style": styles,
+            "learned_refusal": [None if s is None else s != "compliance" for s in styles]}
+
+
 def score_guard(engine, kind: str, prompts: Sequence[str], responses: Sequence[str | None], *,
                 template: str | None = None, cache: bool = True, progress: Advance | None = None,
                 judge_pairs: Callable | None = None) -> dict[str, list]:
@@ -481,8 +495,9 @@ def score_reward(reward_model, prompts: Sequence[str], responses: Sequence[str |
 
 
 def combine(columns: dict[str, list], guards: Sequence[str], n: int) -> dict[str, list]:
-    """The combined `refusal` / `harmful_response`: the first guard's verdict, else the rules'."""
-    rules = columns.get("rules_refusal", [None] * n)
+    """The combined `refusal` / `harmful_response`: the first guard's verdict, else the learned
+    judge's, else the rules'."""
+    rules = columns.get("learned_refusal") or columns.get("rules_refusal", [None] * n)
     guard = guards[0] if guards else None
     g_ref = columns.get(f"{guard}_refusal", [None] * n) if guard else [None] * n
     g_harm = columns.get(f"{guard}_harmful_response", [None] * n) if guard else [None] * n
@@ -498,7 +513,7 @@ def assemble(table: "pa.Table", columns: dict[str, list]) -> "pa.Table":
 
     from safesample.tables import put_column
 
-    types = {"refusal_style": pa.string(), "response": pa.string(), "eval_group": pa.string(),
+    types = {"refusal_style": pa.string(), "learned_refusal_style": pa.string(), "response": pa.string(), "eval_group": pa.string(),
              "reward": pa.float64()}
     for name, values in columns.items():
         if name.endswith(("_error",)):

@@ -37,8 +37,9 @@ if TYPE_CHECKING:
     from safesample.calibration import Calibration, GoldOptions
 
 COMMAND = "label"
-JUDGES = ("rules", "wildguard", "llm")
-STYLE_JUDGES = ("rules",)  # judges that say a refusal style; the others say yes/no (`--gold`)
+JUDGES = ("rules", "wildguard", "llm", "learned")
+STYLE_JUDGES = ("rules", "learned")  # judges that say a refusal style; the others say yes/no (`--gold`)
+MODEL_JUDGES = ("wildguard", "llm")  # judge the pair with a guard LLM (needs the instruction)
 LABEL_COLUMNS = ("harmful_request", "refusal", "harmful_response", "behavior", "refusal_style",
                  "label_backend", "label_error", "label_truncated")
 _TRUE = {"true", "yes", "y", "1", "harmful", "unsafe"}
@@ -93,8 +94,8 @@ def validate(table: "pa.Table", opts: LabelOptions) -> None:
                          "e.g. safesample label pool.parquet --judge llm --model smollm2 -o out.parquet")
     if opts.judge != "llm" and opts.template is not None:
         raise UsageError("--prompt-file only applies to --judge llm", "drop it, or pass --judge llm")
-    if opts.judge == "rules" and opts.model:
-        raise UsageError("--model names a judge model, but --judge rules uses no model",
+    if opts.judge not in MODEL_JUDGES and opts.model:
+        raise UsageError(f"--model names a judge model, but --judge {opts.judge} uses no model",
                          "pass --judge wildguard or --judge llm to judge with a model")
     if opts.harmful_col and opts.all_harmful:
         raise UsageError("--harmful-col and --all-harmful contradict each other", "pass one of them")
@@ -104,7 +105,7 @@ def validate(table: "pa.Table", opts: LabelOptions) -> None:
         from safesample.guards import check_template
 
         check_template(opts.template, "the --prompt-file template")
-    needs_instruction = opts.generate or opts.judge != "rules"
+    needs_instruction = opts.generate or opts.judge in MODEL_JUDGES
     if needs_instruction:
         schema.require(table, ["instruction"], COMMAND)
     if not opts.generate:
@@ -147,7 +148,7 @@ def check_models(opts: LabelOptions) -> None:
     """A wrong model path or an uncached hub id fails now, before anything loads."""
     from safesample.backends.models import check_offline, resolve
 
-    for model in filter(None, [opts.generate, judge_model(opts) if opts.judge != "rules" else None]):
+    for model in filter(None, [opts.generate, judge_model(opts) if opts.judge in MODEL_JUDGES else None]):
         check_offline(resolve(model))
 
 
@@ -161,6 +162,9 @@ def plan(table: "pa.Table", opts: LabelOptions) -> list[str]:
                      f"max {opts.max_new_tokens} new tokens, batch {opts.batch_size})")
     if opts.judge == "rules":
         lines.append("judge: rules (refusal and refusal style from the rule classifier)")
+    elif opts.judge == "learned":
+        lines.append("judge: learned (logistic regression on the MiniLM embedding of the response and "
+                     "the rules' verdicts)")
     else:
         lines.append(f"judge: {opts.judge} with {judge_model(opts)} (engine {opts.engine}, batch "
                      f"{opts.batch_size}; responses over {opts.max_response_chars} chars truncated)")
@@ -168,7 +172,7 @@ def plan(table: "pa.Table", opts: LabelOptions) -> list[str]:
         lines.append(f"harmful_request from column {opts.harmful_col!r}")
     elif opts.all_harmful:
         lines.append("harmful_request: yes for every row (--all-harmful)")
-    elif opts.judge == "rules":
+    elif opts.judge not in MODEL_JUDGES:
         lines.append("harmful_request: unknown (pass --harmful-col or --all-harmful to decide behavior)")
     if opts.safe_responses:
         lines.append("harmful_response: no for every row (--safe-responses)")
@@ -266,7 +270,7 @@ def _label(table: "pa.Table", opts: LabelOptions, engine_for, reporter: Reporter
             errors[i] = "missing response"
         elif not text.strip():
             errors[i] = "empty response"
-        elif opts.judge != "rules" and (instructions[i] is None or not str(instructions[i]).strip()):
+        elif opts.judge in MODEL_JUDGES and (instructions[i] is None or not str(instructions[i]).strip()):
             errors[i] = "missing instruction"
 
     styles = classify_responses(table.column("response"))  # column-wise, no per-row Python
@@ -276,6 +280,13 @@ def _label(table: "pa.Table", opts: LabelOptions, engine_for, reporter: Reporter
     truncated = [False] * n
     if opts.judge == "rules":
         backend = "rules"
+    elif opts.judge == "learned":
+        from safesample.backends.learned_judge import load
+
+        learned = load()
+        backend = learned.name
+        styles = learned.classify(responses, reporter=reporter)
+        refusal = [is_refusal(s) for s in styles]
     else:
         from safesample.guards import judge_pairs
 

@@ -171,3 +171,28 @@ def test_do_not_answer_codes_with_the_scheme(tmp_path: Path):
                     "do_not_answer", "--report", str(out / "r.json")))
     cal = json.loads((out / "r.json").read_text())["calibration"]["rules"]
     assert (cal["mode"], cal["n"], cal["skipped"], cal["disagreements"]) == ("binary", 6, 2, 3), proc.stderr
+
+
+def test_learned_judge_gold_through_label_and_judge(tmp_path: Path):
+    """The shipped learned judge: expected counts computed from the style column it wrote."""
+    src = _table(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    _ok(cli("label", str(src), "-o", str(out / "l.parquet"), "--judge", "learned", "--gold", "human",
+            "--report", str(out / "r.json"), "--disagreements", str(out / "wrong.parquet"), env=ONE_THREAD))
+    labeled = pq.read_table(out / "l.parquet")
+    assert labeled.column("label_backend")[0].as_py().startswith("learned:")
+    expected = calibrate(labeled.column("refusal_style").to_pylist(), HUMAN)
+    cal = json.loads((out / "r.json").read_text())["calibration"]["learned"]
+    assert (cal["mode"], cal["n"], cal["correct"]) == ("style", 8, expected.correct)
+    assert pq.read_table(out / "wrong.parquet").column("row").to_pylist() == expected.disagreements
+    # plain refusals and plain answers: the learned judge agrees with the rules on these
+    assert labeled.column("refusal").to_pylist()[:5] == [True, False, True, False, True]
+
+    _ok(cli("judge", str(src), "--responses", "-s", "rules,learned", "-o", str(out / "j.parquet"),
+            "--gold", "human", "--summary", str(out / "s.json"), env=ONE_THREAD))
+    judged = pq.read_table(out / "j.parquet")
+    cals = json.loads((out / "s.json").read_text())["calibration"]
+    assert set(cals) == {"rules", "learned"}
+    assert cals["learned"]["correct"] == calibrate(judged.column("learned_refusal_style").to_pylist(), HUMAN).correct
+    assert judged.column("refusal").to_pylist() == judged.column("learned_refusal").to_pylist()

@@ -66,8 +66,8 @@ def command(
     benign_col: Annotated[Optional[str], typer.Option("--benign-col", help="Column flagging benign "
                                                       "look-alike prompts (true/'safe'/'benign'/"
                                                       "'comply').", show_default=False)] = None,
-    scorer: Annotated[Optional[list[str]], typer.Option("--scorer", "-s", help="rules, wildguard, llm, "
-                                                        "reward; repeat or comma-separate "
+    scorer: Annotated[Optional[list[str]], typer.Option("--scorer", "-s", help="rules, learned, wildguard, "
+                                                        "llm, reward; repeat or comma-separate "
                                                         "[default: rules].",
                                                         show_default=False)] = None,
     judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Guard model for the "

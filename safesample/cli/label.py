@@ -47,7 +47,8 @@ Examples:
 def command(
     input: Input,
     output: Output = "-",
-    judge: Annotated[str, typer.Option("--judge", help="rules, wildguard or llm.")] = "rules",
+    judge: Annotated[str, typer.Option("--judge", help="rules, learned (embedding "
+                                  "classifier over the rules, CPU), wildguard or llm.")] = "rules",
     model: Annotated[Optional[str], typer.Option(
         "--model", help="Judge model for --judge wildguard/llm: hub id, local folder, or 'smollm2'.",
         show_default=False)] = None,
