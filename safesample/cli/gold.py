@@ -55,28 +55,14 @@ def finish(table: "pa.Table", results: "dict[str, Calibration]", disagreements: 
     """Print each judge's calibration on stderr and write the disagreeing rows (atomically)."""
     from safesample.calibration import calibration_lines, disagreements_of
     from safesample.console import CONSOLE
+    from safesample.tables import write_table
 
     for line in calibration_lines(results):
         CONSOLE.info(line)
     if disagreements is not None:
         rows = disagreements_of(table, results)
-        _write(rows, disagreements)
+        write_table(rows, str(disagreements), what="--disagreements")
         CONSOLE.info(f"wrote {rows.num_rows} disagreeing rows to {disagreements}")
-
-
-def _write(rows: "pa.Table", path: Path) -> None:
-    """`tables.write_table` for a side output: it claims its path as `-o`, which the run's registry
-    refuses for a file registered as --disagreements; until it takes the option's name (reported),
-    the same atomic write under that name."""
-    import inspect
-
-    from safesample import tables
-
-    if "what" in inspect.signature(tables.write_table).parameters:
-        tables.write_table(rows, str(path), what="--disagreements")
-        return
-    with tables.atomic_path(path, what="--disagreements") as tmp:
-        tables._WRITERS[tables.WRITE_FORMATS[path.suffix.lower()]](rows, tmp)
 
 
 def args(gold: str | None, mode: str, scheme: str, by: str | None, disagreements: Path | None) -> dict[str, Any]:
