@@ -4,11 +4,15 @@ Builds a random-initialised Llama of realistic size from a config (default ~1.1B
 the TinyLlama shape, bf16; nothing is downloaded), then measures:
 
 1. generation: `safesample.backends.generation.TransformersEngine` (greedy, left-padded,
-   length-sorted batches) over prompts of 50-200 tokens, new tokens/s at several batch sizes;
+   length-sorted batches) over prompts of 30-120 random words of the test tokenizer's corpus
+   (about 200-350 tokens with that small tokenizer; the run prints the real range), new tokens/s
+   at several batch sizes;
    every sequence is held to exactly --new-tokens tokens so the figures count real work;
-2. fine-tuning: `safesample.finetune.train` (PEFT LoRA r=8 on q/v + TRL SFTTrainer, bf16, the
-   real code path) on synthetic rows of ~256 tokens, median step time after warm-up, and
-   training tokens/s; if TRL is not importable it falls back to a plain PEFT step.
+2. fine-tuning: `safesample.finetune.finetune_table` (PEFT LoRA r=8 on q/v + TRL SFTTrainer,
+   bf16 on the GPU, the real code path) on synthetic rows cut at 256 tokens, median step time
+   after warm-up, training tokens/s and the peak GPU memory of training alone (the generation
+   model is freed and the peak counter reset first); if TRL is not importable it falls back to
+   a plain PEFT step.
 
 On a machine without CUDA it prints "skipped: no GPU" and exits 0. Sized to finish in well
 under 4 minutes on an H200:
@@ -74,7 +78,7 @@ def main() -> int:
     start = time.perf_counter()
     torch.manual_seed(0)
     with torch.device(DEVICE):
-        model = LlamaForCausalLM(config).to(torch.bfloat16 if DEVICE == "cuda" else torch.float32)
+        model = LlamaForCausalLM(config).to(torch.bfloat16 if DEVICE == "cuda" else torch.float32)  # CPU: fp32
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
@@ -84,8 +88,31 @@ def main() -> int:
     # A random model may emit EOS at any step; hold every sequence to the full length instead.
     model.generation_config.min_new_tokens = args.new_tokens
 
-    bench_generation(model, tok, args)
-    bench_training(model, tok, config, work, args)
+    bench_generation(model, tok, work, args)
+    try:
+        import trl  # noqa: F401 - the real path needs it
+    except ImportError as exc:
+        print(f"fine-tuning: TRL not importable ({exc}); measuring a plain PEFT LoRA step instead")
+        train_peft(model, args.train_batch * (args.train_steps + 2), args)
+        return 0
+    folder = work / "model"
+    start = time.perf_counter()
+    model.generation_config.min_new_tokens = None
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    precision = "bf16" if DEVICE == "cuda" else "fp32"
+    print(f"fine-tuning: saved the model in {time.perf_counter() - start:.1f} s; training through "
+          f"safesample.finetune.finetune_table (TRL SFTTrainer + PEFT LoRA r=8 q/v, {precision})")
+    # This frame holds the only reference to the generation model: drop it here, so training
+    # starts on an empty GPU, and count training's own peak.
+    del model
+    import gc
+
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    train_real(folder, work, args.train_batch * (args.train_steps + 2), args)
     return 0
 
 
@@ -107,7 +134,7 @@ def _prompts(n: int, tok) -> list[str]:
     return out
 
 
-def bench_generation(model, tok, args) -> None:
+def bench_generation(model, tok, work: Path, args) -> None:
     import torch
 
     from safesample.backends.generation import TransformersEngine
@@ -117,7 +144,7 @@ def bench_generation(model, tok, args) -> None:
     lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     print(f"generation: {len(prompts)} prompts of {min(lengths)}-{max(lengths)} tokens "
           f"(mean {statistics.mean(lengths):.0f}), {args.new_tokens} new tokens each, greedy")
-    ref = ModelRef("random-llama", "random-llama")
+    ref = ModelRef("random-llama", str(work / "tok"))  # a local folder: nothing looked up on a hub
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         engine = TransformersEngine(ref, batch_size=batch, max_new_tokens=args.new_tokens, model=model,
                                     tokenizer=tok)
@@ -131,33 +158,6 @@ def bench_generation(model, tok, args) -> None:
         total = len(prompts) * args.new_tokens
         print(f"  batch {batch:3d}: {total / seconds:8.0f} new tokens/s  ({seconds:.1f} s for {total} tokens; "
               f"{seconds / (len(prompts) / batch) * 1000:.0f} ms per batch)")
-
-
-def bench_training(model, tok, config, work: Path, args) -> None:
-    import torch
-
-    rows = args.train_batch * (args.train_steps + 2)
-    try:
-        import trl  # noqa: F401 - the real path needs it
-
-        real = True
-    except ImportError as exc:
-        print(f"fine-tuning: TRL not importable ({exc}); measuring a plain PEFT LoRA step instead")
-        real = False
-    if real:
-        folder = work / "model"
-        start = time.perf_counter()
-        model.generation_config.min_new_tokens = None
-        model.save_pretrained(folder)
-        tok.save_pretrained(folder)
-        print(f"fine-tuning: saved the model in {time.perf_counter() - start:.1f} s; training through "
-              "safesample.finetune.train (TRL SFTTrainer + PEFT LoRA r=8 q/v, bf16)")
-        del model
-        if DEVICE == "cuda":
-            torch.cuda.empty_cache()
-        train_real(folder, work, rows, args)
-    else:
-        train_peft(model, rows, args)
 
 
 def _train_table(rows: int):
@@ -197,7 +197,7 @@ def train_real(folder: Path, work: Path, rows: int, args) -> None:
     config = finetune.FinetuneConfig(model=str(folder), max_steps=args.train_steps, batch_size=args.train_batch,
                                      max_length=256, save_steps=10_000)
     start = time.perf_counter()
-    record = finetune.train(_train_table(rows), str(work / "run"), config, callbacks=[Timer()])
+    record = finetune.finetune_table(_train_table(rows), config, str(work / "run"), callbacks=[Timer()])
     total = time.perf_counter() - start
     steady = times[2:] or times
     per_step = statistics.median(steady)
