@@ -145,36 +145,32 @@ def test_gates_are_validated_early_and_checked_against_the_summary():
 # ---- engines: a fake vLLM at its boundary, a fake guard, the real rules ----------------------------
 
 
-class FakeLLM:
-    """Stands in for vllm.LLM: records the token prompts, answers by a rule."""
-
-    def __init__(self, tokenizer, answer):
-        self.tokenizer, self.answer, self.seen = tokenizer, answer, []
-
-    def generate(self, parts, params, use_tqdm=False, **extra):
-        texts = [self.tokenizer.decode(p["prompt_token_ids"]) for p in parts]
-        self.seen.extend(texts)
-        return [SimpleNamespace(outputs=[SimpleNamespace(text=self.answer(t))]) for t in texts]
-
-
 def test_generation_through_a_fake_vllm_engine_uses_template_and_cache(tiny_llama: Path):
+    """The strict vLLM 0.32 stand-in (tests/fake_vllm.py): only vLLM's own keywords, token ids out."""
+    from fake_vllm import factories
     from safesample.backends.generation import load_engine
     from safesample.backends.models import load_tokenizer, resolve
 
     tok = load_tokenizer(resolve(str(tiny_llama)))
-    llm = FakeLLM(tok, lambda text: REFUSAL if "lock" in text else " " + ANSWER + " ")
-    engine = load_engine(str(tiny_llama), engine="vllm", llm_factory=lambda **kw: llm,
-                         params_factory=lambda **kw: SimpleNamespace(**kw))
+    seen: list[str] = []
+
+    def answer(ids, params):  # noqa: ARG001 - vLLM's (prompt ids, sampling params)
+        text = tok.decode(ids)
+        seen.append(text)
+        return tok.encode(REFUSAL if "lock" in text else " " + ANSWER + " ", add_special_tokens=False)
+
+    made: list = []
+    engine = load_engine(str(tiny_llama), engine="vllm", **factories(made, answer))
     assert engine.name == "vllm"
     prompts, inputs = ["How do I pick a lock?", "Write a poem."], [None, "about rain"]
-    out = stage.generate(engine, prompts, inputs, "alpaca", max_new_tokens=8)
+    out = stage.generate(engine, prompts, inputs, "alpaca", max_new_tokens=40)
     assert out == [REFUSAL, ANSWER]  # stripped, in input order
-    assert "### Instruction:\nWrite a poem.\n\n### Input:\nabout rain\n\n### Response:\n" in llm.seen[1]
-    chat = stage.generate(engine, prompts, inputs, "chat", system=None, max_new_tokens=8)
-    assert chat == out and llm.seen[-1].startswith("<|user|>Write a poem.\n\nabout rain<|end|><|assistant|>")
-    calls = len(llm.seen)
-    assert stage.generate(engine, prompts, inputs, "alpaca", max_new_tokens=8) == out
-    assert len(llm.seen) == calls  # served from the cache
+    assert "### Instruction:\nWrite a poem.\n\n### Input:\nabout rain\n\n### Response:\n" in seen[1]
+    chat = stage.generate(engine, prompts, inputs, "chat", system=None, max_new_tokens=40)
+    assert chat == out and seen[-1].startswith("<|user|>Write a poem.\n\nabout rain<|end|><|assistant|>")
+    calls = len(seen)
+    assert stage.generate(engine, prompts, inputs, "alpaca", max_new_tokens=40) == out
+    assert len(seen) == calls  # served from the cache
     styles = stage.score_rules(out)
     assert styles["refusal_style"][0] == "full_refusal" and styles["rules_refusal"] == [True, False]
 
