@@ -1,9 +1,10 @@
 """Mix the picked safety rows into the benign fine-tuning set, in the formats trainers read.
 
-The union keeps every row of every input exactly once, marks each with `source` (`benign` or
-`safety`), shuffles with a seed, and writes Alpaca columns (`instruction`, `input`, `output`)
-and/or a chat `messages` column (a list of {role, content}); `-o train.jsonl` exports JSON Lines
-for TRL, axolotl or LLaMA-Factory.
+The union keeps every row of every input exactly once, marks each with `source` (`benign`,
+`safety`, or `contrast` for the benign look-alikes of `select --contrast`, trained as benign
+rows), shuffles with a seed, and writes Alpaca columns (`instruction`, `input`, `output`) and/or
+a chat `messages` column (a list of {role, content}); `-o train.jsonl` exports JSON Lines for TRL,
+axolotl or LLaMA-Factory.
 
 Column names are mapped before the union: by default `response` -> `output` and `prompt` ->
 `instruction` (when the target is absent); `--map old=new` adds or overrides mappings.

@@ -22,7 +22,6 @@ from safesample import select as sel
 from safesample.errors import DataError, UsageError
 from safesample.reporter import RecordingReporter
 from safesample.select.contrast import lexical_weights, split_budget
-from safesample.tables import read_table
 
 
 @pytest.fixture(autouse=True)
