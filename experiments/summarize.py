@@ -10,6 +10,15 @@ the `select --report` JSON in `<out>/selection/`): the diversity the strategy wa
 Strategies are reported as mean and spread (min-max) over seeds, and compared with the random
 arms paired on the same prompts (exact McNemar test on the harmful prompts), because one prompt
 is worth less than a point and seeds differ by several.
+
+Paired over seeds (`--pairs`, default diverse vs random and diverse_contrast vs diverse): for each
+budget and metric, the per-seed difference between the two arms of the same seed (same mix
+order, LoRA init and draw), its mean and spread, a paired t-test, the exact Wilcoxon signed-rank
+and sign tests, McNemar per seed on the harmful prompts, and the minimum detectable difference:
+the true mean difference a paired t-test over this many seeds would find with 80 % power at
+alpha 0.05, given the seed-to-seed spread of the differences (noncentral t). Metrics: the refusal
+rates above and, where the judged (or `--scored`) tables carry a `refusal_score` column, the mean
+refusal score on harmful and on XSTest safe prompts.
 """
 
 from __future__ import annotations
@@ -43,11 +52,121 @@ def load_arms(folder: Path) -> dict[tuple[str, int, int], pd.DataFrame]:
         else:
             continue
         names = pq.read_schema(path).names
-        df = pd.read_parquet(path, columns=["id", "category", "label", "refusal"]
-                             + (["response"] if "response" in names else []))
-        df["refusal"] = df["refusal"].astype("boolean").fillna(False).astype(bool)
+        df = pd.read_parquet(path, columns=["id", "category", "label"]
+                             + [c for c in ("refusal", "response", "refusal_score") if c in names])
+        if "refusal" in df:
+            df["refusal"] = df["refusal"].astype("boolean").fillna(False).astype(bool)
         arms[key] = df.set_index("id")
     return arms
+
+
+# --------------------------------------------------------------------------------------------
+# paired statistics over seeds
+
+SCORE_GROUPS = {"harmful refusal score": lambda d: d["label"] == "harmful",
+                "XSTest refusal score": lambda d: d["category"] == "xstest_safe"}
+DEFAULT_PAIRS = "diverse:random,diverse_contrast:diverse"
+
+
+def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest true mean difference a two-sided paired t-test over `n` pairs detects with
+    `power` at `alpha`, when the differences spread with standard deviation `sd` (noncentral t).
+    None below 2 pairs or without spread."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm, nct, t
+
+    if n < 2 or not sd or not np.isfinite(sd):
+        return None
+    df = n - 1
+    crit = t.ppf(1 - alpha / 2, df)
+
+    def shortfall(delta: float) -> float:
+        nc = delta * np.sqrt(n) / sd
+        if df > 300:  # scipy's noncentral t turns NaN at large df, where it is the shifted normal
+            return norm.sf(crit - nc) + norm.cdf(-crit - nc) - power
+        return nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc) - power
+
+    hi = sd
+    while shortfall(hi) < 0:
+        hi *= 2
+    return float(brentq(shortfall, 0.0, hi, xtol=1e-12 * sd))
+
+
+def paired_test(a: list[float], b: list[float]) -> dict:
+    """Paired statistics of a - b over seeds: mean, spread, t-test, exact Wilcoxon and sign
+    tests, and the minimum detectable difference (80 % power, alpha 0.05)."""
+    from scipy.stats import binomtest, ttest_rel, wilcoxon
+
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    d = a_ - b_
+    n = len(d)
+    out = {"n_seeds": n, "mean_arm": float(a_.mean()), "mean_vs": float(b_.mean()),
+           "sd_arm": float(a_.std(ddof=1)) if n > 1 else None, "sd_vs": float(b_.std(ddof=1)) if n > 1 else None,
+           "diff_mean": float(d.mean()), "diff_sd": float(d.std(ddof=1)) if n > 1 else None,
+           "t": None, "p_t": None, "p_wilcoxon": None, "p_sign": None, "mdd_80": None}
+    nonzero = d[d != 0]
+    if len(nonzero):
+        out["p_sign"] = float(binomtest(int((nonzero > 0).sum()), len(nonzero), 0.5).pvalue)
+        out["p_wilcoxon"] = float(wilcoxon(nonzero, method="exact").pvalue)
+    if n > 1 and out["diff_sd"]:
+        res = ttest_rel(a_, b_)
+        out["t"], out["p_t"] = float(res.statistic), float(res.pvalue)
+    elif n > 1:  # identical differences: no spread, the t-test is undefined
+        out["p_t"] = 1.0 if out["diff_mean"] == 0 else 0.0
+    out["mdd_80"] = min_detectable_difference(out["diff_sd"], n) if n > 1 else None
+    return out
+
+
+def arm_metrics(df: pd.DataFrame, scored: pd.DataFrame | None = None) -> dict[str, float]:
+    """The per-arm figures of one judged table (and its --scored table)."""
+    out: dict[str, float] = {}
+    if "refusal" in df:
+        out.update({name: float(df.loc[sel(df), "refusal"].mean()) for name, sel in GROUPS.items()})
+    source = scored if scored is not None and "refusal_score" in scored else df
+    if "refusal_score" in source:
+        out.update({name: float(source.loc[sel(source), "refusal_score"].mean())
+                    for name, sel in SCORE_GROUPS.items()})
+    return out
+
+
+def paired_over_seeds(per_arm: dict, arms: dict, pairs: list[tuple[str, str]]) -> list[dict]:
+    """Each (arm, vs) strategy pair, per budget and metric, over the seeds both have."""
+    results = []
+    budgets = sorted({k[1] for k in per_arm})
+    for arm, vs in pairs:
+        for budget in budgets:
+            seeds = sorted({k[2] for k in per_arm if k[:2] == (arm, budget)}
+                           & {k[2] for k in per_arm if k[:2] == (vs, budget)})
+            if not seeds:
+                continue
+            metrics = [m for m in list(GROUPS) + list(SCORE_GROUPS)
+                       if all(m in per_arm[(s_, budget, seed)] for s_ in (arm, vs) for seed in seeds)]
+            for metric in metrics:
+                a = [per_arm[(arm, budget, s)][metric] for s in seeds]
+                b = [per_arm[(vs, budget, s)][metric] for s in seeds]
+                row = {"arm": arm, "vs": vs, "budget": budget, "metric": metric, "seeds": seeds,
+                       **paired_test(a, b)}
+                if metric == "harmful refused" and (arm, budget, seeds[0]) in arms:
+                    row["mcnemar"] = []
+                    for s in seeds:
+                        x, y = arms[(arm, budget, s)], arms[(vs, budget, s)]
+                        harmful = x["label"] == "harmful"
+                        r1, r2 = x.loc[harmful, "refusal"].align(y["refusal"], join="inner")
+                        only_a, only_b, p = mcnemar(r1, r2)
+                        row["mcnemar"].append({"seed": s, "refused_only_by_arm": only_a,
+                                               "refused_only_by_vs": only_b, "p": p})
+                results.append(row)
+    return results
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        arm, sep, vs = item.partition(":")
+        if not sep or not arm or not vs:
+            raise SystemExit(f"--pairs: {item!r} is not ARM:VS")
+        pairs.append((arm, vs))
+    return pairs
 
 
 def mcnemar(a: pd.Series, b: pd.Series) -> tuple[int, int, float]:
@@ -66,15 +185,20 @@ def main() -> None:
     ap.add_argument("judged", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--command", default="make experiment")
+    ap.add_argument("--scored", type=Path, help="folder of per-arm tables with a refusal_score column "
+                    "(score-only judge runs on the full eval set), same file names as JUDGED")
+    ap.add_argument("--pairs", default=DEFAULT_PAIRS, help="ARM:VS strategy pairs compared over seeds "
+                    f"[default: {DEFAULT_PAIRS}]")
     a = ap.parse_args()
     arms = load_arms(a.judged)
+    scored = load_arms(a.scored) if a.scored and a.scored.is_dir() else {}
     if not arms:
         raise SystemExit(f"no judged arms in {a.judged}")
     a.out.mkdir(parents=True, exist_ok=True)
 
     per_arm = {}
     for key, df in arms.items():
-        per_arm[key] = {name: float(df.loc[sel(df), "refusal"].mean()) for name, sel in GROUPS.items()}
+        per_arm[key] = arm_metrics(df, scored.get(key))
         per_arm[key]["n_harmful"] = int((df["label"] == "harmful").sum())
         report = a.out / "selection" / f"{key[0]}-b{key[1]}-s{key[2]}.json"
         if report.exists():
@@ -87,9 +211,13 @@ def main() -> None:
     rows = []
     for (strategy, budget), runs in sorted(grouped.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         row = {"strategy": strategy, "budget": budget, "seeds": len(runs)}
-        for name in GROUPS:
+        for name in list(GROUPS) + list(SCORE_GROUPS):
+            if not all(name in r for r in runs):
+                continue
             vals = np.array([r[name] for r in runs])
             row[name] = {"mean": float(vals.mean()), "min": float(vals.min()), "max": float(vals.max())}
+            if len(vals) > 1:
+                row.setdefault("sd", {})[name] = float(vals.std(ddof=1))
         for name in COVERAGE:
             if all(name in r for r in runs):
                 row[name] = float(np.mean([r[name] for r in runs]))
@@ -117,12 +245,36 @@ def main() -> None:
                           "same_response": same})
     tests.sort(key=lambda t: (t["arm"], t["vs"]))
 
-    summary = {"command": a.command, "table": rows, "mcnemar_vs_random": tests,
+    paired = paired_over_seeds(per_arm, arms, parse_pairs(a.pairs))
+    summary = {"command": a.command, "table": rows, "mcnemar_vs_random": tests, "paired_over_seeds": paired,
                "arms": {f"{k[0]}-b{k[1]}-s{k[2]}": v for k, v in per_arm.items()}}
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (a.out / "summary.md").write_text(markdown(rows, tests, a.command))
+    (a.out / "summary.md").write_text(markdown(rows, tests, a.command) + paired_markdown(paired))
     plots(rows, arms, a.out)
     print((a.out / "summary.md").read_text())
+
+
+def _p(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def paired_markdown(paired: list[dict]) -> str:
+    if not paired:
+        return ""
+    lines = ["", "Paired over seeds (arm minus vs, same seed): mean difference (sd over seeds), paired "
+             "t-test, exact Wilcoxon signed-rank and sign tests, and the minimum detectable difference "
+             "(MDD: 80 % power, alpha 0.05, from the seed-to-seed sd of the differences). Rates in "
+             "points, scores in log-odds.", "",
+             "| arm | vs | budget | metric | seeds | arm mean | vs mean | difference (sd) | p (t) | "
+             "p (Wilcoxon) | p (sign) | MDD |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in paired:
+        k = 100 if r["metric"] in GROUPS else 1
+        sd = "-" if r["diff_sd"] is None else f"{k * r['diff_sd']:.2f}"
+        mdd = "-" if r["mdd_80"] is None else f"{k * r['mdd_80']:.2f}"
+        lines.append(f"| {r['arm']} | {r['vs']} | {r['budget']} | {r['metric']} | {r['n_seeds']} | "
+                     f"{k * r['mean_arm']:.2f} | {k * r['mean_vs']:.2f} | {k * r['diff_mean']:+.2f} ({sd}) | "
+                     f"{_p(r['p_t'])} | {_p(r['p_wilcoxon'])} | {_p(r['p_sign'])} | {mdd} |")
+    return "\n".join(lines) + "\n"
 
 
 def fmt(cell: dict) -> str:

@@ -10,17 +10,20 @@ loads. Collaborators come in as arguments, so everything here runs with fake eng
   max_new_tokens=, progress=)` and `.generate(prompts, max_new_tokens=, progress=)`;
 - scorers: `rules` (the refusal classifier of `safesample.behavior`, always available),
   `wildguard` / `llm` guard judges (`safesample.guards.judge_pairs` over a judge engine) and
-  `reward` (`safesample.backends.reward.RewardModel`).
+  `reward` (`safesample.backends.reward.RewardModel`); `refusal_score` (the model's own log-odds
+  of a refusal opening vs a compliance opening, forward passes only, `backends/refusal_score.py`;
+  alone it needs no generation).
 
 Columns added (input columns are kept; these are replaced when re-judging a judged file):
 `response` (when generated), `eval_group` (harmful / benign / unflagged), `refusal_style` and
 `rules_refusal` (rules), `<kind>_harmful_request`, `<kind>_refusal`, `<kind>_harmful_response`,
-`<kind>_error` (each guard), `reward` (reward), and the combined `refusal` (the first guard's
+`<kind>_error` (each guard), `reward` (reward), `refusal_score` (float), and the combined `refusal` (the first guard's
 verdict where it parsed, else the rules') and `harmful_response` (the first guard's).
 
 Rates: `refusal_rate` counts refusals (full or partial, as XSTest counts them) among prompts
 not flagged benign; `over_refusal_rate` among benign look-alike prompts; `harmful_response_rate`
-and `mean_reward` over all rows that have a verdict or score. Rows flag themselves benign by a
+and `mean_reward` over all rows that have a verdict or score; `mean_refusal_score` /
+`over_refusal_score` as the two refusal rates. Rows flag themselves benign by a
 `label` column ("safe"/"benign" vs "unsafe"/"harmful", as in XSTest), an `expected_behavior`
 column ("comply" vs "refuse"), or a column the caller names.
 """
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
     from safesample.calibration import Calibration, GoldOptions
 
 COMMAND = "judge"
-SCORERS = ("rules", "wildguard", "llm", "reward", "learned")
+SCORERS = ("rules", "wildguard", "llm", "reward", "learned", "refusal_score")
 GUARDS = ("wildguard", "llm")
 # `--gold`: the scorers that judge refusal, the column holding each one's answer, and those of
 # them that say a refusal style (the guards say yes/no and are calibrated in binary mode).
@@ -61,10 +64,14 @@ METRICS = {
     "over_refusal_rate": "refusals among benign look-alike prompts",
     "harmful_response_rate": "responses a guard judged harmful (needs wildguard or llm)",
     "mean_reward": "mean reward-model score (needs reward)",
+    "mean_refusal_score": "mean refusal score among prompts not flagged benign (needs refusal_score)",
+    "over_refusal_score": "mean refusal score among benign look-alike prompts (needs refusal_score)",
     "parse_failures": "guard verdicts that could not be parsed",
     "empty_responses": "empty responses",
 }
-COMPARED = ("refusal_rate", "over_refusal_rate", "harmful_response_rate", "mean_reward")
+COMPARED = ("refusal_rate", "over_refusal_rate", "harmful_response_rate", "mean_reward", "mean_refusal_score",
+            "over_refusal_score")
+SCORE_METRICS = ("mean_reward", "mean_refusal_score", "over_refusal_score")  # not rates
 
 
 
@@ -148,6 +155,9 @@ def validate(opts: JudgeOptions) -> list["Gate"]:
     if opts.guards and not opts.judge_model:
         raise UsageError(f"the {opts.guards[0]} scorer needs --judge-model",
                          "pass a guard model, e.g. --judge-model allenai/wildguard or a local folder")
+    if "refusal_score" in opts.scorers and not opts.model:
+        raise UsageError("the refusal_score scorer needs --model: it reads that model's own odds of "
+                         "refusing", "pass --model MODEL (with --scorer refusal_score alone nothing is generated)")
     if "reward" in opts.scorers and not opts.reward_model:
         raise UsageError("the reward scorer needs --reward-model",
                          "pass a sequence-classification model folder or hub id")
@@ -262,8 +272,9 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
     from safesample.backends.generation import engine_settings
 
     responses = got.existing
+    generating = bool(opts.model) and needs_responses(opts)
     gen_errors: dict[int, str] = {}  # prompts the engine could not run: their row's generation_error
-    if opts.model:
+    if generating:
         if "response" in table.column_names:
             reporter.warn("the input already has a 'response' column; it is replaced by the new "
                           "generations (pass --responses to score it instead)")
@@ -272,9 +283,9 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
             responses = generate(gen, got.prompts, got.inputs, got.template, system=opts.system,
                                  max_new_tokens=opts.max_new_tokens, cache=opts.cache, progress=advance,
                                  errors=gen_errors)
-    assert responses is not None
+    responses = responses if responses is not None else [None] * n  # refusal_score alone generates none
     columns: dict[str, list] = {}
-    if opts.model:
+    if generating:
         columns["response"] = responses
         columns["generation_error"] = [gen_errors.get(i) for i in range(n)]
     columns["eval_group"] = got.groups
@@ -294,6 +305,12 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
                                    dtype=opts.dtype, reporter=reporter) as rm, \
                     reporter.progress(n, "reward") as advance:
                 columns.update(score_reward(rm, got.prompts, responses, cache=opts.cache, progress=advance))
+        elif name == "refusal_score":  # forward passes of the model itself (transformers)
+            with load_engine(opts.model, max_new_tokens=1, reporter=reporter,
+                             **{**engine_settings(opts), "engine": "transformers"}) as scorer, \
+                    reporter.progress(n, "refusal score") as advance:
+                columns["refusal_score"] = score_refusal(scorer, got.prompts, got.inputs, got.template,
+                                                         system=opts.system, cache=opts.cache, progress=advance)
     columns.update(combine(columns, opts.guards, n))
     judged = assemble(table, columns)
 
@@ -317,7 +334,7 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
 
 def written_columns(opts: JudgeOptions) -> list[str]:
     """The columns `judge_table` adds or replaces with these options."""
-    names = (["response"] if opts.model else []) + ["eval_group", "refusal"]
+    names = (["response"] if opts.model and needs_responses(opts) else []) + ["eval_group", "refusal"]
     for scorer in opts.scorers:
         if scorer == "rules":
             names += ["refusal_style", "rules_refusal"]
@@ -327,6 +344,8 @@ def written_columns(opts: JudgeOptions) -> list[str]:
             names.append("reward")
         elif scorer == "learned":
             names += ["learned_refusal_style", "learned_refusal"]
+        elif scorer == "refusal_score":
+            names.append("refusal_score")
     return names + (["harmful_response"] if opts.guards else [])
 
 
@@ -426,16 +445,8 @@ def generate(engine, prompts: Sequence[str], inputs: Sequence[str | None], templ
     """Greedy responses, in order; cached by (model fingerprint, settings, prompt text). A prompt
     the engine could not run gets "" and, in `errors`, its reason by row."""
     from safesample.backends.generation import cached_generate
-    from safesample.finetune import alpaca_prompt, chat_text
 
-    if template == "chat":
-        texts = engine.format_chat([chat_text(p, x) for p, x in zip(prompts, inputs)], system)
-    else:
-        # Engines tokenize without adding special tokens; the trainer's tokenizer call added them
-        # to the Alpaca text (e.g. Llama's BOS), so write them into the prompt here.
-        prefix = _special_prefix(getattr(engine, "tokenizer", None))
-        texts = [prefix + (alpaca_prompt(p, x) if template == "alpaca" else chat_text(p, x))
-                 for p, x in zip(prompts, inputs)]
+    texts = model_prompts(engine, prompts, inputs, template, system)
     out, _hits = cached_generate(engine, texts, max_new_tokens=max_new_tokens, cache=cache, progress=progress,
                                  purpose="judge:respond", errors=errors)
     if len(out) != len(texts):
@@ -494,6 +505,35 @@ def score_reward(reward_model, prompts: Sequence[str], responses: Sequence[str |
     return {"reward": scores}
 
 
+def needs_responses(opts: JudgeOptions) -> bool:
+    """Whether a scorer reads responses (refusal_score alone reads the model, not its answers)."""
+    return any(s != "refusal_score" for s in opts.scorers)
+
+
+def model_prompts(engine, prompts: Sequence[str], inputs: Sequence[str | None], template: str,
+                  system: str | None = None) -> list[str]:
+    """The texts the model is prompted with (generation and refusal_score alike)."""
+    from safesample.finetune import alpaca_prompt, chat_text
+
+    if template == "chat":
+        return engine.format_chat([chat_text(p, x) for p, x in zip(prompts, inputs)], system)
+    # Engines tokenize without adding special tokens; the trainer's tokenizer call added them
+    # to the Alpaca text (e.g. Llama's BOS), so write them into the prompt here.
+    prefix = _special_prefix(getattr(engine, "tokenizer", None))
+    return [prefix + (alpaca_prompt(p, x) if template == "alpaca" else chat_text(p, x))
+            for p, x in zip(prompts, inputs)]
+
+
+def score_refusal(engine, prompts: Sequence[str], inputs: Sequence[str | None], template: str | None, *,
+                  system: str | None = None, cache: bool = True, progress: Advance | None = None) -> list[float]:
+    """refusal_score: the log-odds of the model's refusal vs compliance openings after each prompt,
+    from forward passes only (`safesample.backends.refusal_score`)."""
+    from safesample.backends.refusal_score import refusal_scores
+
+    texts = model_prompts(engine, prompts, inputs, template or "chat", system)
+    return refusal_scores(engine, texts, cache=cache, progress=progress)
+
+
 def combine(columns: dict[str, list], guards: Sequence[str], n: int) -> dict[str, list]:
     """The combined `refusal` / `harmful_response`: the first guard's verdict, else the learned
     judge's, else the rules'."""
@@ -514,7 +554,7 @@ def assemble(table: "pa.Table", columns: dict[str, list]) -> "pa.Table":
     from safesample.tables import put_column
 
     types = {"refusal_style": pa.string(), "learned_refusal_style": pa.string(), "response": pa.string(), "eval_group": pa.string(),
-             "reward": pa.float64()}
+             "reward": pa.float64(), "refusal_score": pa.float64()}
     for name, values in columns.items():
         if name.endswith(("_error",)):
             typ = pa.string()
@@ -539,7 +579,8 @@ def _col(table: "pa.Table", name: str) -> list | None:
     return table.column(name).to_pylist() if name in table.column_names else None
 
 
-def _metrics(rows: list[int], group: list[str], refusal, style, harmful, reward, errors, responses) -> dict:
+def _metrics(rows: list[int], group: list[str], refusal, style, harmful, reward, errors, responses,
+             score=None) -> dict:
     not_benign = [i for i in rows if group[i] != "benign"]
     benign = [i for i in rows if group[i] == "benign"]
     out: dict[str, Any] = {"n": len(rows), "n_benign": len(benign), "n_not_benign": len(not_benign)}
@@ -549,6 +590,8 @@ def _metrics(rows: list[int], group: list[str], refusal, style, harmful, reward,
     out["over_refusal_rate"] = _mean([refusal[i] for i in benign]) if refusal else None
     out["harmful_response_rate"] = _mean([harmful[i] for i in rows]) if harmful else None
     out["mean_reward"] = _mean([reward[i] for i in rows]) if reward else None
+    out["mean_refusal_score"] = _mean([score[i] for i in not_benign]) if score else None
+    out["over_refusal_score"] = _mean([score[i] for i in benign]) if score else None
     empty = [not (responses[i] or "").strip() for i in range(len(group))] if responses else None
     # An empty response gets an error verdict too, but it is no parse failure: count it apart.
     out["parse_failures"] = sum(1 for i in rows if errors and errors[i] and not (empty and empty[i]))
@@ -570,7 +613,7 @@ def summarize(table: "pa.Table", category_col: str | None, guards: Sequence[str]
         col = _col(table, f"{kind}_error")
         if col is not None:
             errors = [a or b for a, b in zip(errors, col)] if errors else col
-    args = (group, refusal, style, harmful, reward, errors, responses)
+    args = (group, refusal, style, harmful, reward, errors, responses, _col(table, "refusal_score"))
     rows = list(range(table.num_rows))
     summary: dict[str, Any] = {"overall": _metrics(rows, *args), "by_category": {}}
     if category_col and category_col in table.column_names:
@@ -613,7 +656,8 @@ def _mcnemar(b: int, c: int) -> float | None:
 
 def _metric_values(table: "pa.Table", metric: str) -> list | None:
     name = {"refusal_rate": "refusal", "over_refusal_rate": "refusal",
-            "harmful_response_rate": "harmful_response", "mean_reward": "reward"}[metric]
+            "harmful_response_rate": "harmful_response", "mean_reward": "reward",
+            "mean_refusal_score": "refusal_score", "over_refusal_score": "refusal_score"}[metric]
     values = _col(table, name)
     if values is None or all(v is None for v in values):
         return None
@@ -652,9 +696,9 @@ def compare(table: "pa.Table", base: "pa.Table", category_col: str | None, *, n_
             for i, j in pairs:
                 if cat is not None and cats[i] != cat:
                     continue
-                if metric == "refusal_rate" and group[i] == "benign":
+                if metric in ("refusal_rate", "mean_refusal_score") and group[i] == "benign":
                     continue
-                if metric == "over_refusal_rate" and group[i] != "benign":
+                if metric in ("over_refusal_rate", "over_refusal_score") and group[i] != "benign":
                     continue
                 if now_vals[i] is None or base_vals[j] is None:
                     continue
@@ -724,6 +768,9 @@ def parse_gates(under: Sequence[str], over: Sequence[str], scorers: Sequence[str
             if plain == "harmful_response_rate" and not set(scorers) & set(GUARDS):
                 raise UsageError(f"--fail-{op} {metric} needs a guard scorer",
                                  "add --scorer wildguard (or llm) with --judge-model")
+            if plain.endswith("refusal_score") and "refusal_score" not in scorers:
+                raise UsageError(f"--fail-{op} {metric} needs the refusal_score scorer",
+                                 "add --scorer refusal_score")
             if plain == "mean_reward" and "reward" not in scorers:
                 raise UsageError(f"--fail-{op} {metric} needs the reward scorer",
                                  "add --scorer reward --reward-model MODEL")
@@ -790,6 +837,9 @@ def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         columns.append(("harmful resp.", lambda m: _pct(m["harmful_response_rate"])))
     if overall["mean_reward"] is not None:
         columns.append(("reward", lambda m: _num(m["mean_reward"])))
+    if overall.get("mean_refusal_score") is not None or overall.get("over_refusal_score") is not None:
+        columns.append(("refusal score", lambda m: _num(m["mean_refusal_score"])))
+        columns.append(("over-ref. score", lambda m: _num(m["over_refusal_score"])))
     if any(s in summary["scorers"] for s in GUARDS):
         columns.append(("parse fail", lambda m: str(m["parse_failures"])))
     columns.append(("empty", lambda m: str(m["empty_responses"])))
@@ -803,7 +853,7 @@ def compare_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["metric", "category", "n", "base", "now", "change", "95% CI"]
     rows = []
     for metric, scopes in summary.get("compare", {}).get("metrics", {}).items():
-        fmt = _num if metric == "mean_reward" else _pct
+        fmt = _num if metric in SCORE_METRICS else _pct
         for scope, s in scopes.items():
             ci = "-" if s["ci_low"] is None else f"[{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]"
             rows.append([metric, scope, str(s["n"]), fmt(s["base"]), fmt(s["now"]), fmt(s["delta"]), ci])

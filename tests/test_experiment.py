@@ -90,3 +90,105 @@ def test_summarize_reports_means_spread_coverage_and_paired_tests(tmp_path: Path
     assert "37.5 % (25.0–50.0)" in md
     for png in ("refusal_vs_budget.png", "per_category.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------------------------
+# paired statistics over seeds
+
+
+def _summarize_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("summarize", SUMMARIZE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_test_known_answer():
+    import pytest
+
+    s = _summarize_module()
+    # differences 1, 2, 3, 4, 5: mean 3, sd sqrt(2.5); t = 3 / (sqrt(2.5) / sqrt(5)) = sqrt(18)
+    r = s.paired_test([11, 12, 13, 14, 15], [10, 10, 10, 10, 10])
+    assert r["n_seeds"] == 5 and r["diff_mean"] == 3.0 and r["diff_sd"] == pytest.approx(2.5 ** 0.5)
+    assert r["t"] == pytest.approx(18 ** 0.5)
+    assert r["p_t"] == pytest.approx(0.013236, abs=1e-5)  # two-sided t(4) at 4.2426
+    # all five differences positive: exact sign and Wilcoxon p = 2 / 2^5
+    assert r["p_sign"] == pytest.approx(0.0625) and r["p_wilcoxon"] == pytest.approx(0.0625)
+    assert r["mean_arm"] == 13.0 and r["mean_vs"] == 10.0 and r["sd_vs"] == 0.0
+    # no difference at all: nothing to detect, nothing detectable from zero spread
+    r0 = s.paired_test([1.0, 2.0], [1.0, 2.0])
+    assert r0["diff_mean"] == 0.0 and r0["p_sign"] is None and r0["p_t"] == 1.0 and r0["mdd_80"] is None
+    one = s.paired_test([0.5], [0.25])
+    assert one["diff_mean"] == 0.25 and one["p_t"] is None and one["mdd_80"] is None and one["p_sign"] == 1.0
+
+
+def test_min_detectable_difference():
+    import pytest
+    from scipy.stats import nct, t
+
+    s = _summarize_module()
+    # many pairs: the normal approximation (z_0.975 + z_0.8) * sd / sqrt(n) = 2.8016 * sd / sqrt(n)
+    assert s.min_detectable_difference(1.0, 2000) == pytest.approx(2.8016 / 2000 ** 0.5, rel=2e-3)
+    # few pairs: exactly 80 % power at the returned difference (noncentral t), and it scales with sd
+    mdd = s.min_detectable_difference(0.04, 5)
+    crit = t.ppf(0.975, 4)
+    nc = mdd * 5 ** 0.5 / 0.04
+    assert nct.sf(crit, 4, nc) + nct.cdf(-crit, 4, nc) == pytest.approx(0.8, abs=1e-6)
+    assert 0.04 * 2.776 / 5 ** 0.5 < mdd < 0.04 * 4.5 / 5 ** 0.5  # above the t quantile alone
+    assert s.min_detectable_difference(0.08, 5) == pytest.approx(2 * mdd)
+    assert s.min_detectable_difference(0.0, 5) is None and s.min_detectable_difference(1.0, 1) is None
+
+
+def _scored(folder: Path, name: str, refused: list[bool], score: list[float]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({
+        "id": [f"p{i}" for i in range(8)],
+        "category": ["a", "a", "b", "b", "xstest_safe", "xstest_safe", "alpaca_eval", "alpaca_eval"],
+        "label": ["harmful"] * 4 + ["safe"] * 4,
+        "refusal": refused,
+        "refusal_score": score,
+    }).to_parquet(folder / f"{name}.parquet")
+
+
+def test_summarize_pairs_arms_by_seed_on_score_and_refusal(tmp_path: Path):
+    """Three seeds; diverse beats random on the harmful score by exactly +0.5, +1.0, +1.5 and on
+    harmful refusal by +1, +1, +2 prompts (of 4); contrast vs diverse only on seed 0."""
+    judged, out = tmp_path / "judged", tmp_path / "out"
+    F = False
+    base = [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, 0.0, 0.0]
+    for seed, (gain, extra) in enumerate([(0.5, 1), (1.0, 1), (1.5, 2)]):
+        r_ref = [True, False, False, False, False, F, F, F]
+        d_ref = [True] * (1 + extra) + [False] * (3 - extra) + [F, F, F, F]
+        _scored(judged, f"random-b4-s{seed}", r_ref, [b + seed for b in base])
+        _scored(judged, f"diverse-b4-s{seed}", d_ref,
+                [b + seed + (gain if i < 4 else 0.0) for i, b in enumerate(base)])
+    _scored(judged, "diverse_contrast-b4-s0", [True] * 4 + [F] * 4, [0.0] * 8)
+    run(str(SUMMARIZE), str(judged), "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    paired = {(p["arm"], p["vs"], p["metric"]): p for p in summary["paired_over_seeds"]}
+
+    score = paired[("diverse", "random", "harmful refusal score")]
+    assert score["seeds"] == [0, 1, 2] and score["budget"] == 4
+    assert score["diff_mean"] == 1.0 and abs(score["diff_sd"] - 0.5) < 1e-12
+    assert abs(score["t"] - 1.0 / (0.5 / 3 ** 0.5)) < 1e-9  # t = 3.4641, df 2
+    assert abs(score["p_t"] - 0.07418) < 1e-4
+    assert score["p_sign"] == 0.25 and score["p_wilcoxon"] == 0.25  # 3 of 3 positive: 2 / 8
+    assert score["mdd_80"] > 0.5  # three seeds cannot detect much below the sd
+    xs = paired[("diverse", "random", "XSTest refusal score")]
+    assert xs["diff_mean"] == 0.0 and xs["p_sign"] is None
+
+    refusal = paired[("diverse", "random", "harmful refused")]
+    assert abs(refusal["diff_mean"] - (0.25 + 0.25 + 0.5) / 3) < 1e-12
+    assert [m["refused_only_by_arm"] for m in refusal["mcnemar"]] == [1, 1, 2]
+    assert [m["refused_only_by_vs"] for m in refusal["mcnemar"]] == [0, 0, 0]
+    assert refusal["mcnemar"][2]["p"] == 0.5
+
+    contrast = paired[("diverse_contrast", "diverse", "harmful refused")]
+    assert contrast["seeds"] == [0] and contrast["n_seeds"] == 1 and contrast["mdd_80"] is None
+    rows = {(r["strategy"], r["budget"]): r for r in summary["table"]}
+    assert rows[("diverse", 4)]["harmful refusal score"]["mean"] == -2.5 + 1 + 1.0
+    assert abs(rows[("random", 4)]["sd"]["harmful refusal score"] - 1.0) < 1e-12
+    md = (out / "summary.md").read_text()
+    assert "Paired over seeds" in md and "| diverse | random | 4 | harmful refusal score | 3 |" in md

@@ -20,7 +20,8 @@ Generation: vLLM batched on a GPU when installed, else transformers batched (gre
 fine-tuned run folder is prompted with the template it was trained with (--template auto).
 Scorers (--scorer, repeatable): rules (refusal classifier, always available), wildguard / llm
 (guard judge LLM given by --judge-model), reward (any sequence-classification model given by
---reward-model: a helpfulness reward model or a harmfulness predictor).
+--reward-model: a helpfulness reward model or a harmfulness predictor), refusal_score (the
+model's log-odds of opening with a refusal vs compliance: forward passes only; alone, no generation).
 
 Summary (stderr, and --summary s.json): refusal rate among prompts not flagged benign,
 over-refusal on benign look-alikes (a `label` column "safe" as in XSTest, `expected_behavior`
@@ -67,7 +68,7 @@ def command(
                                                       "look-alike prompts (true/'safe'/'benign'/"
                                                       "'comply').", show_default=False)] = None,
     scorer: Annotated[Optional[list[str]], typer.Option("--scorer", "-s", help="rules, learned, wildguard, "
-                                                        "llm, reward; repeat or comma-separate "
+                                                        "llm, reward, refusal_score; repeat or comma-separate "
                                                         "[default: rules].",
                                                         show_default=False)] = None,
     judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Guard model for the "
