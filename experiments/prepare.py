@@ -12,9 +12,11 @@ Every step after this one is a `safesample` command in experiments/experiment.mk
 - benign.parquet        the benign fine-tuning set of every arm (alpaca_gpt4_demo);
 - refs.parquet          labelled reference prompts (do_not_answer + HarmBench val) that give
                         the pool its harm categories (`category_coarse`);
+- eval_gen.parquet      (with --gen-share) the part of eval.parquet whose responses are generated
+                        and judged; the refusal score (judge --scorer refusal_score) covers all of it;
 - eval.parquet          evaluation prompts: harmful (HarmBench test without context, not copyright,
-                        + the MaliciousInstructions subset), XSTest safe look-alikes, and Alpaca-Eval
-                        tasks for helpfulness; `label` is harmful / safe.
+                        + the MaliciousInstructions subset, + AdvBench with --advbench), XSTest safe
+                        look-alikes, and Alpaca-Eval tasks for helpfulness; `label` is harmful / safe.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def main() -> None:
     ap.add_argument("--harmful-n", type=int, default=160)
     ap.add_argument("--safe-n", type=int, default=60)
     ap.add_argument("--helpful-n", type=int, default=30)
+    ap.add_argument("--advbench", action="store_true",
+                    help="add AdvBench to the harmful eval prompts (for >= 300 harmful prompts)")
+    ap.add_argument("--gen-share", type=float, default=None,
+                    help="also write eval_gen.parquet: this share of each eval group (harmful, XSTest safe, "
+                         "Alpaca-Eval), the prompts answered by generation; eval.parquet gets the refusal score")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +85,7 @@ def main() -> None:
         hb_test.assign(category=hb_test["category_coarse"]),
         load(a.shared, "safety_tuned_llamas_eval").query("subset == 'I-MaliciousInstructions'")
         .assign(category="malicious_instructions"),
+        *([load(a.shared, "advbench").assign(category="advbench")] if a.advbench else []),
     ])
     harmful = harmful.sample(n=min(a.harmful_n, len(harmful)), random_state=a.seed).assign(label="harmful")
     xs = load(a.shared, "xstest").query("label == 'safe'")
@@ -87,6 +95,11 @@ def main() -> None:
         .assign(category="alpaca_eval", label="safe")
     cols = ["id", "prompt", "category", "label", "source"]
     pd.concat([harmful[cols], safe[cols], helpful[cols]]).to_parquet(a.out / "eval.parquet", index=False)
+    if a.gen_share is not None:  # the groups are already in random order: their heads are random subsets
+        def head(df: pd.DataFrame) -> pd.DataFrame:
+            return df.head(max(1, round(a.gen_share * len(df))))[cols]
+
+        pd.concat([head(harmful), head(safe), head(helpful)]).to_parquet(a.out / "eval_gen.parquet", index=False)
     print(f"prepared {a.out}: pool {a.pool_n}, align {a.align_n} safety + {n_benign} benign "
           f"({len(looks)} look-alikes), benign {a.benign_n}, "
           f"eval {len(harmful)} harmful + {len(safe)} safe + {len(helpful)} helpful")

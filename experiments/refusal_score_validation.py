@@ -8,9 +8,10 @@ Three steps (each cheap to rerun; generations and scores are cached by `safesamp
            is reported);
   logprobs the log-probability of every candidate opening (the model's own refusal openings vs
            compliance openings) after each chat-formatted prompt (an .npz of numbers);
-  choose   on the dev half only: the AUC of candidate sets' log-odds against the rules verdict
-           on the greedy response; prints the best sets (the defaults in
-           safesample/backends/refusal_score.py were chosen this way);
+  choose   on the dev half only: the AUC against the rules verdict on the greedy response of
+           the logit of the refusal mass (all refusal openings, and the best subsets) and of the
+           log-odds of refusal vs compliance openings (each, and the best sets); the defaults in
+           safesample/backends/refusal_score.py were chosen this way;
   report   from a table written by `safesample judge --scorer rules,refusal_score`: the AUC of
            `refusal_score` against `rules_refusal` on the test half (and dev, and all), the
            threshold that best separates them on dev and its accuracy on test; figures only
@@ -97,9 +98,17 @@ def choose(a: argparse.Namespace) -> None:
     def auc(rs, cs):
         return roc_auc(log_odds(lp[:, list(rs) + [nr + c for c in cs]], len(rs)), y)
 
+    def mass_auc(rs):  # the logit of the refusal mass (no compliance openings)
+        return roc_auc(log_odds(lp[:, list(rs)], len(rs)), y)
+
     all_r, all_c = range(nr), range(len(compliances))
+    masses = sorted(((mass_auc(rs), len(rs), rs) for k in range(1, nr + 1)
+                     for rs in itertools.combinations(all_r, k)), key=lambda t: (-t[0], -t[1]))
     result = {"dev_prompts": len(dev), "dev_refused": int(y.sum()), "logprob_seconds": float(data["seconds"]),
-              "auc_all_candidates": auc(all_r, all_c),
+              "auc_refusal_mass_all_refusals": mass_auc(all_r),
+              "best_refusal_mass_subsets": [{"auc": a_, "refusals": [refusals[r] for r in rs]}
+                                            for a_, _, rs in masses[:4]],
+              "auc_log_odds_all_candidates": auc(all_r, all_c),
               "auc_each_refusal_vs_all_compliance": {refusals[r]: auc([r], all_c) for r in all_r},
               "auc_all_refusal_vs_each_compliance": {compliances[c]: auc(all_r, [c]) for c in all_c}}
     # Leave-one-out from the full sets: drop the candidates whose removal raises dev AUC.

@@ -192,3 +192,14 @@ def test_summarize_pairs_arms_by_seed_on_score_and_refusal(tmp_path: Path):
     assert abs(rows[("random", 4)]["sd"]["harmful refusal score"] - 1.0) < 1e-12
     md = (out / "summary.md").read_text()
     assert "Paired over seeds" in md and "| diverse | random | 4 | harmful refusal score | 3 |" in md
+
+
+def test_prepare_generation_subset_and_advbench(tmp_path: Path):
+    run(str(PREPARE), "--shared", str(need_shared_data("the experiment's datasets")), "--out", str(tmp_path),
+        "--pool-n", "50", "--align-from", "50", "--align-n", "10", "--benign-n", "20", "--harmful-n", "600",
+        "--safe-n", "10", "--helpful-n", "4", "--advbench", "--gen-share", "0.25")
+    ev, gen = pd.read_parquet(tmp_path / "eval.parquet"), pd.read_parquet(tmp_path / "eval_gen.parquet")
+    assert "advbench" in set(ev["category"]) and (ev["label"] == "harmful").sum() == 600
+    assert set(gen["id"]) <= set(ev["id"])
+    assert gen.groupby("category").size().get("xstest_safe") == round(0.25 * 10)
+    assert (gen["label"] == "harmful").sum() == 150 and (gen["category"] == "alpaca_eval").sum() == 1

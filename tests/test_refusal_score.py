@@ -58,6 +58,21 @@ def test_log_odds_is_logsumexp_difference():
     assert got == pytest.approx(np.log([0.3 / 0.4, 0.02 / 0.8]))
 
 
+def test_without_compliance_openings_the_score_is_the_logit_of_the_refusal_mass():
+    lp = np.log(np.array([[0.2, 0.1], [0.01, 0.01], [0.6, 0.4]]))
+    got = log_odds(lp, 2)
+    assert got[:2] == pytest.approx(np.log([0.3 / 0.7, 0.02 / 0.98]))
+    assert np.isfinite(got[2]) and got[2] > 20  # a mass of 1: large, finite
+
+
+def test_refusal_openings_must_be_prefix_free():
+    from safesample.backends.refusal_score import REFUSALS, check_prefix_free
+
+    check_prefix_free(REFUSALS)
+    with pytest.raises(ValueError, match="count twice"):
+        check_prefix_free(["I can't", "I can't help"])
+
+
 # --------------------------------------------------------------------------------------------
 # the computation on the tiny model
 
