@@ -313,7 +313,15 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
                                                          system=opts.system, cache=opts.cache, progress=advance)
     columns.update(combine(columns, opts.guards, n))
     judged = assemble(table, columns)
+    return finish(table, judged, opts, base=base, got=got, gates=gates)
 
+
+def finish(table: "pa.Table", judged: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None" = None,
+           got: "_Inputs | None" = None, gates: "list[Gate] | None" = None) -> JudgeResult:
+    """Summary, comparison, calibration and gates over the whole judged table. A batch executor
+    runs `judge_table` per batch (no compare, no gates) and this once over all the rows."""
+    got = got if got is not None else _read_inputs(table, opts, base)
+    gates = validate(opts) if gates is None else gates
     summary = {"model": opts.model, "template": got.template, "scorers": list(opts.scorers),
                "benign_flag": got.group_source, "category_col": got.category,
                **summarize(judged, got.category, opts.guards)}

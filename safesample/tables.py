@@ -66,6 +66,10 @@ def read_table(source: str) -> "pa.Table":
     """Read a table from a path or `-` (stdin), whatever supported format it is in."""
     if source == STDIO:
         return _read_stdin()
+    from safesample import shards
+
+    if shards.is_sharded(source):  # a folder of shards with its manifest, or a glob
+        return shards.read_sharded(source, claim=claim_input)
     path = Path(source)
     if not path.exists():
         raise UsageError(f"input file {source!r} does not exist",
@@ -336,6 +340,11 @@ def check_output(dest: str, what: str = "-o") -> None:
                              "pass -o FILE.parquet, or pipe into another command "
                              "(`... -o - | safesample ...`)")
         return
+    from safesample import shards
+
+    if shards.is_dir_output(dest):  # -o DIR/: Parquet shards and a manifest
+        shards.check_dir_output(dest, what)
+        return
     path = Path(dest)
     if path.suffix.lower() not in WRITE_FORMATS:
         raise UsageError(f"cannot tell the output format from {dest!r}",
@@ -373,6 +382,11 @@ def write_table(table: "pa.Table", dest: str, provenance: dict[str, Any] | None 
     check_output(dest)
     if dest == STDIO:
         _write_stream(table)
+        return
+    from safesample import shards
+
+    if shards.is_dir_output(dest):
+        shards.write_sharded(table, dest)
         return
     path = Path(dest)
     fmt = WRITE_FORMATS[path.suffix.lower()]

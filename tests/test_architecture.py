@@ -19,7 +19,7 @@ CLI = {"cli", "console", "completions", "__main__"}
 # One module (or package) per stage: a library function from a table to a table.
 STAGES = {"label", "embed", "cluster", "select", "mix", "finetune", "judge", "report"}
 # Everything stages build on; none of it may import a stage or the CLI.
-FOUNDATION = {"tables", "vectors", "schema", "behavior", "reporter", "errors", "cache", "stdio",
+FOUNDATION = {"tables", "shards", "vectors", "schema", "behavior", "reporter", "errors", "cache", "stdio",
               "backends", "guards", "calibration", "demo", "executors", "prompts", "__init__"}
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from safesample.cli import scale
 from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Verbose, load, print_plan,
                                    save, setup)
 
@@ -44,6 +45,8 @@ NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor writ
 def command(input: Input, output: Output = "-", text: Text = "instruction", template: Template = None,
             model: Model = "all-MiniLM-L6-v2", backend: Backend = "auto", batch_size: BatchSize = 64,
             no_cache: NoCache = False, limit: Limit = None, dry_run: DryRun = False,
+            executor: scale.Executor = "local", ray_address: scale.RayAddress = None,
+            concurrency: scale.Concurrency = None,
             quiet: Quiet = False, verbose: Verbose = False) -> None:
     setup(quiet, verbose)
     from safesample.console import CONSOLE
@@ -53,6 +56,9 @@ def command(input: Input, output: Output = "-", text: Text = "instruction", temp
     options = EmbedOptions(text=text, template=unescape(template) if template is not None else None,
                            model=model, backend=backend, batch_size=batch_size, cache=not no_cache)
     validate(options)
+    ex = scale.options(executor, ray_address, concurrency, batch_size, quiet, verbose)
+    if ex.kind == "ray" and not dry_run:
+        return scale.embed(input, output, options, ex, limit=limit)
     if not dry_run:
         check_output(output)
     table = load(input, limit)

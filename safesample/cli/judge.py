@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from safesample.cli import engine_options as engine_cli
-from safesample.cli import gold as gold_cli
+from safesample.cli import gold as gold_cli, scale
 from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
                                    print_plan, save, setup, write_json)
 from safesample.errors import UsageError
@@ -116,6 +116,8 @@ def command(
     gold_scheme: gold_cli.GoldScheme = "auto",
     by: gold_cli.By = None,
     disagreements: gold_cli.Disagreements = None,
+    executor: scale.Executor = "local", ray_address: scale.RayAddress = None,
+    concurrency: scale.Concurrency = None,
     seed: Seed = 0,
     limit: Limit = None,
     dry_run: DryRun = False,
@@ -148,13 +150,15 @@ def command(
         print_plan(stage.plan(table, opts, base))
         return
 
-    result = stage.judge_table(table, opts, base=base, reporter=CONSOLE)
+    ex = scale.options(executor, ray_address, concurrency, batch_size, quiet, verbose)
+    result = (scale.judge(table, opts, ex, base=base) if ex.kind == "ray" else
+              stage.judge_table(table, opts, base=base, reporter=CONSOLE))
     args = {"input": input, "output": output, "model": model, "responses": responses, "scorers": opts.scorers,
             "judge_model": judge_model, "reward_model": reward_model, "reward_label": reward_label,
             "template": result.template, "system": system, "max_new_tokens": max_new_tokens,
             "engine": engine, **serving, "prompt_col": result.prompt_col, "benign_col": benign_col,
             "category_col": result.category_col, "compare": compare, "limit": limit,
-            "fail_under": fail_under, "fail_over": fail_over,
+            "fail_under": fail_under, "fail_over": fail_over, **ex.provenance(),
             **gold_cli.args(gold, gold_mode, gold_scheme, by, disagreements)}
     save(result.table, output, NAME, args, seed=seed, models=result.models,
          inputs=[input] + ([compare] if compare else []))

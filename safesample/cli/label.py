@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from safesample.cli import engine_options as engine_cli
-from safesample.cli import gold as gold_cli
+from safesample.cli import gold as gold_cli, scale
 from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
                                    print_plan, save, setup, write_json)
 from safesample.errors import UsageError
@@ -87,6 +87,8 @@ def command(
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the label counts (and the "
                                                    "--gold calibration) as JSON here.",
                                                    show_default=False)] = None,
+    executor: scale.Executor = "local", ray_address: scale.RayAddress = None,
+    concurrency: scale.Concurrency = None,
     seed: Seed = 0,
     limit: Limit = None,
     batch_size: BatchSize = 16,
@@ -116,6 +118,9 @@ def command(
                         max_new_tokens=max_new_tokens, max_response_chars=max_response_chars,
                         cache=not no_cache,
                         gold=gold_cli.options(gold, gold_mode, gold_scheme, by, disagreements))
+    ex = scale.options(executor, ray_address, concurrency, batch_size, quiet, verbose)
+    if ex.kind == "ray" and not dry_run:
+        return scale.label(input, output, opts, ex, limit=limit, seed=seed, report=report)
     if not dry_run:
         check_output(output)
         gold_cli.check_json_path(report, "--report")
