@@ -8,7 +8,6 @@ stdout is guarded by `safesample.stdio`.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -16,7 +15,6 @@ from typing import Iterator
 from rich.console import Console
 
 from safesample.reporter import Advance
-from safesample.stdio import protect_stdout, restore_stdout  # noqa: F401 - the CLI's entry points
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 

@@ -15,7 +15,6 @@ next write; and in a CLI run (`guard_paths`) no output may be an input or anothe
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -149,8 +148,6 @@ def _read_jsonl(path: Path) -> "pa.Table":
 
 
 def _read_stdin() -> "pa.Table":
-    import pyarrow as pa
-
     stdin = sys.stdin.buffer
     if os.isatty(stdin.fileno()):
         raise UsageError("'-' reads a table from stdin, but stdin is a terminal",
@@ -375,11 +372,15 @@ def check_writable(dest: str | Path, what: str | None = None) -> None:
     probe.unlink(missing_ok=True)
 
 
-def write_table(table: "pa.Table", dest: str, provenance: dict[str, Any] | None = None) -> None:
-    """Write `table` to a file (atomically) or `-` (Arrow stream on stdout)."""
+def write_table(table: "pa.Table", dest: str, provenance: dict[str, Any] | None = None,
+                what: str = "-o") -> None:
+    """Write `table` to a file (atomically) or `-` (Arrow stream on stdout).
+
+    `what` names the option the path came from (`-o`, `--disagreements`), which the run's
+    registry of outputs checks it against."""
     if provenance is not None:
         table = with_provenance(table, provenance)
-    check_output(dest)
+    check_output(dest, what)
     if dest == STDIO:
         _write_stream(table)
         return
@@ -390,7 +391,7 @@ def write_table(table: "pa.Table", dest: str, provenance: dict[str, Any] | None 
         return
     path = Path(dest)
     fmt = WRITE_FORMATS[path.suffix.lower()]
-    with atomic_path(path, what="-o") as tmp:
+    with atomic_path(path, what=what) as tmp:
         _WRITERS[fmt](table, tmp)
 
 

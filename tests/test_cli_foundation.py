@@ -90,7 +90,7 @@ def test_completions_are_current():
 
 # ---- pipes --------------------------------------------------------------------------------
 
-WRITE = ("import sys, pyarrow as pa; from safesample.tables import *; from safesample.console import protect_stdout;"
+WRITE = ("import sys, pyarrow as pa; from safesample.tables import *; from safesample.stdio import protect_stdout;"
          "protect_stdout(); t = read_table(sys.argv[1]);"
          "write_table(t, '-', provenance=provenance_entry('first', {'n': 1}, seed=7))")
 READ = ("import sys; from safesample.tables import *;"
@@ -132,7 +132,7 @@ def _run_on_tty(args: list[str], stdin_tty: bool, stdout_tty: bool) -> tuple[int
 
 
 def test_stdin_terminal_is_refused(tmp_path: Path):
-    from safesample.console import protect_stdout  # noqa: F401 - import check only
+    from safesample.stdio import protect_stdout  # noqa: F401 - import check only
 
     code, err = _run_on_tty(["mix", "-", "-o", str(tmp_path / "o.parquet")], stdin_tty=True, stdout_tty=False)
     if "not implemented" in err:

@@ -9,7 +9,7 @@ import pytest
 
 import fake_vllm
 from label_fixtures import CountingEngine, build_chatty_llama, one_thread
-from safesample.backends.generation import (TransformersEngine, VLLMEngine, cached_generate, load_engine,
+from safesample.backends.generation import (TransformersEngine, cached_generate, load_engine,
                                             model_fingerprint)
 from safesample.backends.models import resolve
 from safesample.errors import ModelError, UsageError

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO, cli, shared_dataset
 from safesample.cache import Cache
-from safesample.errors import DataError, UsageError
+from safesample.errors import DataError
 from safesample.reporter import RecordingReporter
 from safesample.tables import read_table, read_stream, remove_stale_temps, write_table
 

@@ -254,9 +254,9 @@ def ensure_gguf_copy(ref: ModelRef, reporter: Reporter = SILENT) -> ModelRef:
     copy = _cached_copy(ref)
     if copy is None:
         reporter.info(f"de-quantising {ref.gguf_file} into a cached copy (once), since vLLM cannot load GGUF")
-        model = load_causal_lm(ModelRef(ref.spec, ref.path, gguf_file=ref.gguf_file), dtype="float32",
-                               device="cpu", reporter=reporter)
-        del model
+        # Loading writes the copy (`_save_copy`); the model itself is not needed here.
+        load_causal_lm(ModelRef(ref.spec, ref.path, gguf_file=ref.gguf_file), dtype="float32",
+                       device="cpu", reporter=reporter)
         release_memory()
         copy = _cached_copy(ref)
     if copy is None:

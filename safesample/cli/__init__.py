@@ -15,7 +15,7 @@ import typer
 # typer vendors its own click; its usage errors are these classes, not the `click` package's.
 from typer._click import exceptions as click_errors
 
-from safesample import __version__, console
+from safesample import __version__, console, stdio
 from safesample.errors import (EXIT_CODES_HELP, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE,
                                SafesampleError)
 from safesample.cli import cluster, common, embed, finetune, judge, label, mix, report, select
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         from safesample import tables
 
         tables.guard_paths(False)
-        console.restore_stdout()
+        stdio.restore_stdout()
 
 
 def _silence_stdout() -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from safesample import console
+from safesample import console, stdio
 from safesample.errors import UsageError
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def setup(quiet: bool = False, verbose: bool = False) -> None:
     if quiet and verbose:
         raise UsageError("-q/--quiet and -v/--verbose contradict each other", "pass one of them")
     console.set_verbosity(console.QUIET if quiet else console.VERBOSE if verbose else console.NORMAL)
-    console.protect_stdout()
+    stdio.protect_stdout()
     from safesample import cache, tables
 
     cache.report_to(console.CONSOLE)
