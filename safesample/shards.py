@@ -86,6 +86,9 @@ def shard_files(source: str) -> tuple[list[Path], dict[str, Any] | None]:
         return files, None
     folder = Path(source)
     manifest = read_manifest(folder)
+    if manifest is None and not any(folder.glob("*.parquet")):
+        raise UsageError(f"{source!r} is a folder, not a table: it holds no Parquet shards",
+                         "pass a table file, a folder written with `-o DIR/`, or a glob of Parquet files")
     if manifest is None:
         raise DataError(f"the folder {source!r} has no {MANIFEST} manifest, so it is incomplete: the "
                         "job writing it died or is still running",

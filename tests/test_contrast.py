@@ -22,6 +22,7 @@ from safesample import select as sel
 from safesample.errors import DataError, UsageError
 from safesample.reporter import RecordingReporter
 from safesample.select.contrast import lexical_weights, split_budget
+from vector_fixtures import unit, vector_array
 
 
 @pytest.fixture(autouse=True)
@@ -29,18 +30,9 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
-def _vectors(matrix: np.ndarray) -> pa.Array:
-    matrix = np.asarray(matrix, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
-
-
-def _unit(m: np.ndarray) -> np.ndarray:
-    return (m / np.linalg.norm(m, axis=1, keepdims=True)).astype(np.float32)
-
-
 def make_pool(n: int = 30, dim: int = 16, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
     rng = np.random.default_rng(seed)
-    emb = _unit(rng.standard_normal((n, dim)))
+    emb = unit(rng.standard_normal((n, dim)))
     table = pa.table({
         "id": [f"p{i}" for i in range(n)],
         "instruction": [f"harmful request number {i}" for i in range(n)],
@@ -48,7 +40,7 @@ def make_pool(n: int = 30, dim: int = 16, seed: int = 0) -> tuple[pa.Table, np.n
         "category": [f"cat{i % 3}" for i in range(n)],
         "behavior": ["refusal"] * n,
         "harmful_response": [False] * n,
-        "embedding": _vectors(emb),
+        "embedding": vector_array(emb),
     })
     return table, emb
 
@@ -69,7 +61,7 @@ def make_benign(pool_emb: np.ndarray, per_pick: int = 3, distractors: int = 100,
         ids.append(f"d{j}")
         texts.append(f"unrelated task {j}")
     return pa.table({"id": ids, "instruction": texts, "input": [""] * len(ids),
-                     "output": [f"Sure: {t}." for t in texts], "embedding": _vectors(_unit(np.array(rows)))})
+                     "output": [f"Sure: {t}." for t in texts], "embedding": vector_array(unit(np.array(rows)))})
 
 
 def _run(pool: pa.Table, benign: pa.Table, budget: int, **kw) -> sel.SelectResult:
@@ -178,7 +170,7 @@ def test_no_duplicates_by_id_or_text_and_labels_honoured():
         vecs.append(emb[k % 10] + 0.3 * rng.standard_normal(emb.shape[1]))
     keys = sorted({k for r in rows for k in r})  # every column, None where a row has no value
     table = pa.table({k: [r.get(k) for r in rows] for k in keys})
-    table = table.append_column("embedding", _vectors(_unit(np.array(vecs))))
+    table = table.append_column("embedding", vector_array(unit(np.array(vecs))))
     result = _run(pool, table, 10, contrast_share=3.0, dedup=0.999)
     out = result.table
     chosen = out.column("id").to_pylist()[10:]
@@ -195,7 +187,7 @@ def test_near_duplicates_of_picks_and_of_each_other_are_skipped():
     pool, emb = make_pool(5)
     same = np.repeat(emb, 2, axis=0)  # two identical vectors per pick, the first identical to the pick
     table = pa.table({"id": [f"c{i}" for i in range(10)], "instruction": [f"task {i}" for i in range(10)],
-                      "output": ["ok"] * 10, "embedding": _vectors(same)})
+                      "output": ["ok"] * 10, "embedding": vector_array(same)})
     with pytest.raises(DataError, match="only 0 of the 3 look-alikes"):
         _run(pool, table, 5, contrast_share=0.5)  # each is a near duplicate (cosine 1) of its pick
     result = _run(pool, table, 5, contrast_share=0.5, dedup=None)
@@ -208,7 +200,7 @@ def test_exclusions_are_honoured_by_text_and_by_embedding():
     vecs = sel.embedding_matrix(benign)
     # b1_0 by its text; b2_1 by cosine (its own vector; --exclude-threshold 0.97 leaves the pool alone)
     evals = pa.table({"prompt": ["Benign look-alike 0 of topic 1", "unrelated"],
-                      "embedding": _vectors(np.stack([vecs[40], vecs[2 * 3 + 1]]))})
+                      "embedding": vector_array(np.stack([vecs[40], vecs[2 * 3 + 1]]))})
     result = _run(pool, benign, 10, contrast_share=3.0, exclude=[("eval.parquet", evals)], exclude_threshold=0.97,
                   dedup=0.999)
     chosen = set(result.table.column("id").to_pylist()[10:])
@@ -260,8 +252,8 @@ def test_cli_bad_inputs_error_hint_exit_code_and_no_output(tmp_path: Path):
     benign = make_benign(emb, distractors=0, per_pick=1, noise=(0.5,))
     good = _write(benign, tmp_path / "benign.parquet")
     no_output = _write(benign.drop_columns(["output"]), tmp_path / "noout.parquet")
-    far = _unit(np.random.default_rng(5).standard_normal((benign.num_rows, 16)))  # near nothing: text decides
-    evals = _write(pa.table({"prompt": benign.column("instruction"), "embedding": _vectors(far)}),
+    far = unit(np.random.default_rng(5).standard_normal((benign.num_rows, 16)))  # near nothing: text decides
+    evals = _write(pa.table({"prompt": benign.column("instruction"), "embedding": vector_array(far)}),
                    tmp_path / "evals.parquet")
     small = _write(benign.slice(0, 4), tmp_path / "small.parquet")
     plain = _write(pool.drop_columns(["embedding"]), tmp_path / "plain.parquet")
@@ -365,9 +357,9 @@ def test_real_pool_finds_xstest_safe_prompts_among_benign_rows(tmp_path: Path):
     benign = pa.concat_tables([gpt, xs], promote_options="permissive")
     texts = pool.column("instruction").to_pylist() + benign.column("instruction").to_pylist()
     vecs = TruncatedSVD(64, random_state=0).fit_transform(TfidfVectorizer(sublinear_tf=True).fit_transform(texts))
-    vecs = _unit(vecs + 1e-6)
-    pool = pool.append_column("embedding", _vectors(vecs[:pool.num_rows]))
-    benign = benign.append_column("embedding", _vectors(vecs[pool.num_rows:]))
+    vecs = unit(vecs + 1e-6)
+    pool = pool.append_column("embedding", vector_array(vecs[:pool.num_rows]))
+    benign = benign.append_column("embedding", vector_array(vecs[pool.num_rows:]))
     result = _run(pool, benign, 100, seed=0)
     chosen = result.table.column("id").to_pylist()[100:]
     share = sum(i.startswith("xstest") for i in chosen) / len(chosen)

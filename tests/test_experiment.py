@@ -50,15 +50,19 @@ def test_prepare_cuts_disjoint_tables_with_lookalikes_first(tmp_path: Path):
     assert set(ev["category"]) >= {"xstest_safe", "alpaca_eval"}
 
 
-def _judged(folder: Path, name: str, refused: list[bool]) -> None:
-    """A judged table: 4 harmful prompts, 2 XSTest-safe, 2 AlpacaEval."""
+def _judged(folder: Path, name: str, refused: list[bool], score: list[float] | None = None) -> None:
+    """A judged table: 4 harmful prompts, 2 XSTest-safe, 2 AlpacaEval (with a refusal_score when
+    `score` is given)."""
     folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({
+    columns = {
         "id": [f"p{i}" for i in range(8)],
         "category": ["a", "a", "b", "b", "xstest_safe", "xstest_safe", "alpaca_eval", "alpaca_eval"],
         "label": ["harmful"] * 4 + ["safe"] * 4,
         "refusal": refused,
-    }).to_parquet(folder / f"{name}.parquet")
+    }
+    if score is not None:
+        columns["refusal_score"] = score
+    pd.DataFrame(columns).to_parquet(folder / f"{name}.parquet")
 
 
 def test_summarize_reports_means_spread_coverage_and_paired_tests(tmp_path: Path):
@@ -141,17 +145,6 @@ def test_min_detectable_difference():
     assert s.min_detectable_difference(0.0, 5) is None and s.min_detectable_difference(1.0, 1) is None
 
 
-def _scored(folder: Path, name: str, refused: list[bool], score: list[float]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({
-        "id": [f"p{i}" for i in range(8)],
-        "category": ["a", "a", "b", "b", "xstest_safe", "xstest_safe", "alpaca_eval", "alpaca_eval"],
-        "label": ["harmful"] * 4 + ["safe"] * 4,
-        "refusal": refused,
-        "refusal_score": score,
-    }).to_parquet(folder / f"{name}.parquet")
-
-
 def test_summarize_pairs_arms_by_seed_on_score_and_refusal(tmp_path: Path):
     """Three seeds; diverse beats random on the harmful score by exactly +0.5, +1.0, +1.5 and on
     harmful refusal by +1, +1, +2 prompts (of 4); contrast vs diverse only on seed 0."""
@@ -161,10 +154,10 @@ def test_summarize_pairs_arms_by_seed_on_score_and_refusal(tmp_path: Path):
     for seed, (gain, extra) in enumerate([(0.5, 1), (1.0, 1), (1.5, 2)]):
         r_ref = [True, False, False, False, False, F, F, F]
         d_ref = [True] * (1 + extra) + [False] * (3 - extra) + [F, F, F, F]
-        _scored(judged, f"random-b4-s{seed}", r_ref, [b + seed for b in base])
-        _scored(judged, f"diverse-b4-s{seed}", d_ref,
+        _judged(judged, f"random-b4-s{seed}", r_ref, [b + seed for b in base])
+        _judged(judged, f"diverse-b4-s{seed}", d_ref,
                 [b + seed + (gain if i < 4 else 0.0) for i, b in enumerate(base)])
-    _scored(judged, "diverse_contrast-b4-s0", [True] * 4 + [F] * 4, [0.0] * 8)
+    _judged(judged, "diverse_contrast-b4-s0", [True] * 4 + [F] * 4, [0.0] * 8)
     run(str(SUMMARIZE), str(judged), "--out", str(out))
     summary = json.loads((out / "summary.json").read_text())
     paired = {(p["arm"], p["vs"], p["metric"]): p for p in summary["paired_over_seeds"]}

@@ -224,7 +224,9 @@ def test_cli_refuses_missing_columns_and_bad_files(tiny_llama: Path, tmp_path: P
     _assert_failed(cli("finetune", str(tmp_path / "cut.parquet"), "-o", str(tmp_path / "o")), 1, "truncated")
     _assert_failed(cli("finetune", str(tmp_path / "nope.parquet"), "-o", str(tmp_path / "o")), 2,
                    "does not exist")
-    _assert_failed(cli("finetune", str(src), "-o", str(tmp_path / "t.parquet")), 2, "is a file")
+    _assert_failed(cli("finetune", str(src), "-o", str(tmp_path / "cut.parquet")), 2, "is a file")
+    # the input itself as the output folder: refused before anything is read or trained
+    _assert_failed(cli("finetune", str(src), "-o", str(src)), 2, "is the input")
     _assert_failed(cli("finetune", str(src), "-o", "-"), 2, "writes a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.parquet", "empty.parquet", "t.parquet"]
 

@@ -276,24 +276,27 @@ def test_unwritable_cache_folder_degrades_to_no_cache(tmp_path: Path):
 # ---- 6. loose ends: kill -9 during a write, signals ----------------------------------------
 
 
+# The writer stalls after its first row group, so the kill lands mid-write however busy the
+# machine is (a plain large write can finish, and rename, before the kill).
 _WRITER = """
-import sys, pyarrow as pa
-from safesample.tables import write_table
-n = 3_000_000
-table = pa.table({"id": pa.array([str(i) for i in range(n)]), "text": pa.array(["x" * 40] * n)})
-print("go", flush=True)
-while True:
-    write_table(table, sys.argv[1])
+import sys, time, pyarrow as pa, pyarrow.parquet as pq
+from safesample import tables
+tables._ROW_GROUP = 1000
+write = pq.ParquetWriter.write_table
+def stall(self, *a, **k):
+    write(self, *a, **k)
+    print("writing", flush=True)
+    time.sleep(600)
+pq.ParquetWriter.write_table = stall
+table = pa.table({"id": pa.array([str(i) for i in range(5000)]), "text": pa.array(["x" * 40] * 5000)})
+tables.write_table(table, sys.argv[1])
 """
 
 
 def test_kill_9_during_the_final_write_then_rerun(pairs: tuple[Path, Path], tmp_path: Path):
     out = tmp_path / "out.parquet"
     child = subprocess.Popen([sys.executable, "-c", _WRITER, str(out)], cwd=REPO, stdout=subprocess.PIPE)
-    assert child.stdout.readline().strip() == b"go"
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".out.parquet.*.tmp")) and time.monotonic() < deadline:
-        time.sleep(0.002)
+    assert child.stdout.readline().strip() == b"writing"
     child.send_signal(signal.SIGKILL)
     child.wait()
     left = list(tmp_path.glob(".out.parquet.*.tmp"))

@@ -25,6 +25,7 @@ from safesample import select as sel
 from safesample.errors import DataError, ModelError, UsageError
 from safesample.reporter import RecordingReporter
 from safesample.tables import get_provenance, read_table
+from vector_fixtures import vector_array
 
 STRATEGIES = list(sel.STRATEGIES)
 
@@ -35,11 +36,6 @@ STRATEGIES = list(sel.STRATEGIES)
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-
-
-def _vectors(matrix: np.ndarray) -> pa.Array:
-    matrix = np.asarray(matrix, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +59,7 @@ def real_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
              .append_column("harmful_response", pa.array(table.column("response_harmful").to_numpy() == 1))
              .append_column("cluster", pa.array(km.labels_.astype(np.int32)))
              .append_column("cluster_distance", pa.array(dist.astype(np.float32)))
-             .append_column("embedding", _vectors(emb)))
+             .append_column("embedding", vector_array(emb)))
     path = tmp_path_factory.mktemp("pool") / "dna.parquet"
     pq.write_table(table, path)
     return path
@@ -83,7 +79,7 @@ def synthetic_pool(n: int, seed: int, dim: int = 8, categories: int = 4, cluster
         "behavior": rng.choice(["refusal", "explanation", "benign_compliance"], n),
         "harmful_response": rng.random(n) < harmful_share,
         "cluster": rng.integers(0, clusters, n).astype(np.int32),
-        "embedding": _vectors(emb),
+        "embedding": vector_array(emb),
     })
 
 
@@ -339,7 +335,7 @@ def test_exclusions_embed_prompts_with_the_injected_encoder_and_check_dimensions
     with pytest.raises(ModelError) as err:
         sel.exclusions_from_tables([("eval.parquet", evals)], 0.9, True, None)
     assert "safesample embed" in err.value.hint
-    wrong = pa.table({"prompt": ["x"], "embedding": _vectors(np.ones((1, 3)))})
+    wrong = pa.table({"prompt": ["x"], "embedding": vector_array(np.ones((1, 3)))})
     with pytest.raises(DataError, match="dimensions"):
         sel.select(pool, 5, "random", exclusions=sel.exclusions_from_tables([("w", wrong)], 0.9, True, None))
     with pytest.raises(DataError, match="neither a 'prompt' nor an 'instruction'"):
@@ -423,9 +419,9 @@ def test_cli_decontamination_by_text_and_by_embedding(tmp_path: Path):
     # 3 prompts equal to pool rows up to case and punctuation (their vectors point away), and
     # 2 prompts with other words whose vectors nearly equal two pool rows'
     by_text = pa.table({"prompt": [f"  PROMPT number {i}!!" for i in (0, 1, 2)],
-                        "embedding": _vectors(-emb[[0, 1, 2]])})
+                        "embedding": vector_array(-emb[[0, 1, 2]])})
     near = emb[[5, 6]] + 0.01
-    by_vec = pa.table({"instruction": ["something else", "and another"], "embedding": _vectors(near)})
+    by_vec = pa.table({"instruction": ["something else", "and another"], "embedding": vector_array(near)})
     pq.write_table(by_text, tmp_path / "eval1.parquet")
     pq.write_table(by_vec, tmp_path / "eval2.parquet")
     vecs = np.concatenate([-emb[[0, 1, 2]], near / np.linalg.norm(near, axis=1, keepdims=True)])
@@ -560,7 +556,7 @@ def test_an_all_zero_embedding_is_an_error_not_a_pick():
     table = synthetic_pool(20, 23, categories=1, harmful_share=0.0)
     emb = sel.embedding_matrix(table).copy()
     emb[5] = 0
-    table = table.set_column(table.column_names.index("embedding"), "embedding", _vectors(emb))
+    table = table.set_column(table.column_names.index("embedding"), "embedding", vector_array(emb))
     with pytest.raises(DataError, match="all-zero.*'r5'"):
         sel.select(table, 20, "prototype", dedup=None, behavior={"refusal": 1, "explanation": 1,
                                                                    "benign_compliance": 1})

@@ -24,3 +24,9 @@ def emb_table(vectors: np.ndarray, **columns) -> pa.Table:
     data = {"id": [f"r{i}" for i in range(len(vectors))], **columns,
             "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])}
     return pa.table(data)
+
+
+def vector_array(matrix: np.ndarray) -> pa.Array:
+    """A fixed-size float32 list array of the rows of `matrix` (an `embedding` column)."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])

@@ -98,20 +98,29 @@ def heatmaps(rows: Sequence[str], cols: Sequence[str], panels: Sequence[tuple[st
             share = shares[k]
             ax.imshow(share, cmap="Blues", aspect="auto", vmin=0, vmax=top)
             fmt = value_fmt[k] if value_fmt else "{:g}"
-            for r in range(len(rows)):
-                for c in range(len(cols)):
-                    v = values[r, c]
-                    if v:
-                        dark = share[r, c] > 0.55 * top
-                        ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=7.5,
-                                color="white" if dark else "#1b2a3a")
-            ax.set_title(title)
-            ax.set_xticks(range(len(cols)), [short(c, 14) for c in cols], rotation=30, ha="right")
-            ax.set_yticks(range(len(rows)), [short(r, 34) for r in rows])
-            ax.tick_params(length=0)
-            for side in ("left", "bottom"):
-                ax.spines[side].set_visible(False)
+            _label_cells(ax, values, share > 0.55 * top, fmt)
+            _grid_axes(ax, title, rows, cols, col_width=14, row_width=34, rotation=30)
         return to_svg(fig)
+
+
+def _label_cells(ax, values: np.ndarray, dark: np.ndarray, fmt: str = "{:g}") -> None:
+    """Write each non-zero cell's value on it, white on the dark cells."""
+    for r in range(values.shape[0]):
+        for c in range(values.shape[1]):
+            if values[r, c]:
+                ax.text(c, r, fmt.format(values[r, c]), ha="center", va="center", fontsize=7.5,
+                        color="white" if dark[r, c] else "#1b2a3a")
+
+
+def _grid_axes(ax, title: str, rows: Sequence[str], cols: Sequence[str], *, col_width: int,
+               row_width: int, rotation: int) -> None:
+    """Title, shortened row/column labels and no frame: the look every heatmap here shares."""
+    ax.set_title(title)
+    ax.set_xticks(range(len(cols)), [short(c, col_width) for c in cols], rotation=rotation, ha="right")
+    ax.set_yticks(range(len(rows)), [short(r, row_width) for r in rows])
+    ax.tick_params(length=0)
+    for side in ("left", "bottom"):
+        ax.spines[side].set_visible(False)
 
 
 def grid_heatmap(rows: Sequence[str], cols: Sequence[str], values: np.ndarray, title: str) -> str:
@@ -120,18 +129,8 @@ def grid_heatmap(rows: Sequence[str], cols: Sequence[str], values: np.ndarray, t
         fig = _figure(min(15.0, 2.8 + 0.55 * len(cols)), 1.6 + 0.28 * len(rows))
         ax = fig.add_subplot()
         ax.imshow(values, cmap="Blues", aspect="auto", vmin=0, vmax=max(float(values.max()), 1e-9))
-        for r in range(len(rows)):
-            for c in range(len(cols)):
-                if values[r, c]:
-                    dark = values[r, c] > 0.6 * values.max()
-                    ax.text(c, r, f"{values[r, c]:g}", ha="center", va="center", fontsize=7.5,
-                            color="white" if dark else "#1b2a3a")
-        ax.set_title(title)
-        ax.set_xticks(range(len(cols)), [short(c, 22) for c in cols], rotation=35, ha="right")
-        ax.set_yticks(range(len(rows)), [short(r, 30) for r in rows])
-        ax.tick_params(length=0)
-        for side in ("left", "bottom"):
-            ax.spines[side].set_visible(False)
+        _label_cells(ax, values, values > 0.6 * values.max())
+        _grid_axes(ax, title, rows, cols, col_width=22, row_width=30, rotation=35)
         return to_svg(fig)
 
 
