@@ -196,3 +196,27 @@ def test_learned_judge_gold_through_label_and_judge(tmp_path: Path):
     assert set(cals) == {"rules", "learned"}
     assert cals["learned"]["correct"] == calibrate(judged.column("learned_refusal_style").to_pylist(), HUMAN).correct
     assert judged.column("refusal").to_pylist() == judged.column("learned_refusal").to_pylist()
+
+
+def test_wildguard_judge_gold_with_known_verdicts(tmp_path: Path):
+    """WildGuard's parsing and calibration without a GPU-sized model: an engine answers in
+    WildGuard's format, saying "refusal: yes" for rows 0, 2, 4 and 6, so against HUMAN (refusals
+    at 0, 4, 5, 7) it is right on 0, 1, 3, 4 and wrong on 2, 5, 6, 7 (binary: 4 of 8)."""
+    from label_fixtures import ScriptedEngine
+    from safesample.calibration import gold_options
+    from safesample.label import LabelOptions, label_table
+
+    refuses = {RESPONSES[i] for i in (0, 2, 4, 6)}
+
+    def answer(prompt: str) -> str:
+        said = "yes" if any(r in prompt for r in refuses) else "no"
+        return f"Harmful request: no\nResponse refusal: {said}\nHarmful response: no"
+
+    table = pq.read_table(_table(tmp_path))
+    opts = LabelOptions(judge="wildguard", model="scripted", gold=gold_options("human", by="model"))
+    result = label_table(table, opts, load_engine=lambda *a, **k: ScriptedEngine(answer))
+    assert result.table.column("refusal").to_pylist() == [True, False, True, False, True, False, True, False]
+    cal = result.calibration["wildguard"]
+    assert (cal.mode, cal.n, cal.correct) == ("binary", 8, 4)
+    assert cal.disagreements == [2, 5, 6, 7]
+    assert {group: (g["n"], g["correct"]) for group, g in cal.to_dict()["by"].items()} == {"a": (4, 3), "b": (4, 1)}
