@@ -35,9 +35,13 @@ def ray_address(tmp_path_factory):
     """One local Ray with 2 CPUs for the session; its address for the CLI subprocesses."""
     import ray
 
+    from safesample.executors import ray as rayx
+
     os.environ.setdefault("SAFESAMPLE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield ray.get_runtime_context().gcs_address
+    # Bound to loopback only (never the machine's routable address): see rayx.loopback.
+    address = rayx.start_local(num_cpus=2, log_to_driver=False, logging_level=logging.ERROR)
+    assert address.startswith("127.0.0.1:"), address
+    yield address
     ray.shutdown()
 
 
@@ -119,7 +123,10 @@ def test_label_rules_same_rows_and_values(ray_address: str, shards_in: Path, tmp
     _same(read(tmp_path / "local.parquet"), ray_table)
     entry = json.loads(ray_table.schema.metadata[b"safesample.provenance"])[-1]
     assert entry["args"]["executor"] == "ray" and entry["args"]["ray_address"] == ray_address
-    assert entry["args"]["concurrency"] is None and entry["args"]["ray_batch_rows"] == 64
+    # Tasks sized from the data: 300 rows over 2 workers, 3 tasks each.
+    assert entry["args"]["concurrency"] is None and entry["args"]["ray_task_rows"] == 50
+    manifest = json.loads((tmp_path / "ray" / "_SUCCESS").read_text())
+    assert [f["rows"] for f in manifest["files"]] == [50] * 6
 
 
 def test_embed_onnx_same_rows_and_values(ray_address: str, shards_in: Path, tmp_path: Path):
@@ -178,7 +185,9 @@ def die_once(table: pa.Table, opts: Dying, *, reporter=None) -> pa.Table:
     return label_table(table, LabelOptions(all_harmful=True)).table
 
 
-def test_a_killed_worker_is_retried_and_every_row_comes_once(ray_address: str, shards_in: Path, tmp_path: Path):
+@pytest.mark.parametrize("stateless", [False, True], ids=["actors", "tasks"])
+def test_a_killed_worker_is_retried_and_every_row_comes_once(ray_address: str, shards_in: Path, tmp_path: Path,
+                                                             stateless: bool):
     import ray.cloudpickle as cloudpickle
 
     from safesample.executors import ExecutorOptions
@@ -187,10 +196,11 @@ def test_a_killed_worker_is_retried_and_every_row_comes_once(ray_address: str, s
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     table = read(shards_in)
     ids = table.column("id").to_pylist()
-    ex = ExecutorOptions(kind="ray", batch_size=1, quiet=True)  # 64-row batches: 5 of them
+    ex = ExecutorOptions(kind="ray", batch_size=1, quiet=True)  # 50-row tasks: 6 of them
     rayx.connect(ex)
     opts = Dying(str(tmp_path / "died"), ids[150])
-    out = rayx.collect(rayx.map_stage(rayx.from_table(table, ex.batch_rows), die_once, opts, ex))
+    out = rayx.run_table(table, die_once, opts, ex, stateless=stateless)
+    assert ex.task_rows == 50
     assert (tmp_path / "died").exists()  # the worker did die
     assert out.column("id").to_pylist() == ids  # every row once, in order
     assert out.column("behavior").null_count < out.num_rows

@@ -342,6 +342,9 @@ class OnnxEncoder:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; ORT's warnings are not for end users
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if threads.isdigit() and int(threads) > 0:  # else one thread per core (ORT's default)
+            options.intra_op_num_threads = int(threads)  # a Ray worker's share of the cores
         try:
             self.session = ort.InferenceSession(str(folder / ONNX_FILE), options,
                                                 providers=["CPUExecutionProvider"])

@@ -75,7 +75,8 @@ def run_batches(command: str, fn: Callable[..., Any], opts: Any, source: str, ou
                 *, limit: int | None, seed: int | None, models: dict[str, str],
                 check: Callable[["pa.Table"], None]) -> None:
     """Label or embed on Ray: read, `check` the (empty) table of the input's schema, map `fn`
-    over batches, write shards from the workers (`-o DIR/`) or one file / stream from here."""
+    (in actors that keep `models` loaded; in plain tasks when there are none, as for rules)
+    over tasks, write shards from the workers (`-o DIR/`) or one file / stream from here."""
     from safesample import shards
     from safesample.cli.common import argv, load
     from safesample.executors import ray as rayx
@@ -83,17 +84,21 @@ def run_batches(command: str, fn: Callable[..., Any], opts: Any, source: str, ou
 
     check_output(output)
     _connect(ex)
-    ds, schema = rayx.read(source, limit=limit, load_local=load, batch_rows=ex.batch_rows)
-    check(schema.empty_table())
+    job = rayx.read(source, limit=limit, load_local=load, ex=ex)
+    check(job.schema.empty_table())
     entry = provenance_entry(command, _args(opts, limit, ex), seed=seed, models=models, inputs=[source],
                              argv=argv())
-    history = _history(source, schema) + [entry]
-    out = rayx.map_stage(ds, fn, opts, ex, metadata={PROVENANCE_KEY: json.dumps(history).encode()})
+    history = _history(source, job.schema) + [entry]
+    metadata = {PROVENANCE_KEY: json.dumps(history).encode()}
     if shards.is_dir_output(output):
-        manifest = rayx.write_dir(out, output, history)
+        folder = rayx.begin_dir(output)
+        out = rayx.map_stage(job.dataset, fn, opts, ex, tasks=job.tasks, metadata=metadata, dest=folder,
+                             stateless=not models)
+        manifest = rayx.finish_dir(out, folder, history)
         console.info(f"wrote {manifest['rows']} rows in {len(manifest['files'])} shards to {output}")
         return
-    table = rayx.collect(out)
+    table = rayx.collect(rayx.map_stage(job.dataset, fn, opts, ex, tasks=job.tasks, metadata=metadata,
+                                        stateless=not models))
     write_table(table, output)
     console.info(f"wrote {table.num_rows} rows x {table.num_columns} columns to "
                  f"{'stdout' if output == '-' else output}")
@@ -152,7 +157,7 @@ def judge(table: "pa.Table", opts: Any, ex: ExecutorOptions, *, base: "pa.Table 
         return stage.judge_table(table, opts, base=base, reporter=CONSOLE, load_engine=rayx.vllm_loader(ex))
     stage.plan(table.schema.empty_table(), opts, base)
     per_batch = dataclasses.replace(opts, compare=None, fail_under=[], fail_over=[], gold=None)
-    judged = rayx.collect(rayx.map_stage(rayx.from_table(table, ex.batch_rows), stage.judge_table, per_batch, ex))
+    judged = rayx.run_table(table, stage.judge_table, per_batch, ex)
     if judged.num_rows != table.num_rows:
         raise RuntimeError(f"the Ray job returned {judged.num_rows} rows for {table.num_rows}")
     return stage.finish(table, judged, opts, base=base)

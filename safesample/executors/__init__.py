@@ -15,9 +15,17 @@ from dataclasses import dataclass
 from safesample.errors import UsageError
 
 EXECUTORS = ("local", "ray")
-# Rows per Ray batch = this many model batches (`--batch-size`): a batch is one Ray task, so it
-# must be long enough (tens of ms at least) for the scheduling overhead to vanish.
-RAY_BATCHES_PER_TASK = 64
+# Rows per Ray task, sized from the data: about this many tasks per worker (enough to even out
+# a slow worker, few enough that each task's fixed cost, tens of ms for the rules' regexes,
+# vanishes), within [--batch-size, RAY_MAX_TASK_ROWS].
+RAY_TASKS_PER_WORKER = 3
+RAY_MAX_TASK_ROWS = 65_536
+
+
+def task_rows(rows: int, workers: int, batch_size: int = 1) -> int:
+    """Rows per Ray task for `rows` rows over `workers` workers."""
+    per_task = -(-max(rows, 1) // max(1, workers * RAY_TASKS_PER_WORKER))
+    return max(1, batch_size, min(RAY_MAX_TASK_ROWS, per_task))
 
 
 @dataclass
@@ -25,13 +33,10 @@ class ExecutorOptions:
     kind: str = "local"
     address: str | None = None  # Ray: None = $RAY_ADDRESS, else a local Ray started for the run
     concurrency: int | None = None  # Ray: workers (actors) per stage; None = one per CPU
-    batch_size: int = 16  # the stage's model batch; a Ray batch holds RAY_BATCHES_PER_TASK of them
+    batch_size: int = 16  # the stage's model batch (a Ray task holds many: see task_rows)
     quiet: bool = False  # Ray's own logs and progress bars off (they go to stderr otherwise)
     verbose: bool = False
-
-    @property
-    def batch_rows(self) -> int:
-        return self.batch_size * RAY_BATCHES_PER_TASK
+    task_rows: int | None = None  # Ray: rows per task, set when the run is planned
 
     @property
     def resolved_address(self) -> str | None:
@@ -42,7 +47,7 @@ class ExecutorOptions:
         if self.kind == "local":
             return {"executor": "local"}
         return {"executor": "ray", "ray_address": self.resolved_address or "local (started for the run)",
-                "concurrency": self.concurrency, "ray_batch_rows": self.batch_rows}
+                "concurrency": self.concurrency, "ray_task_rows": self.task_rows}
 
 
 def validate(opts: ExecutorOptions) -> None:

@@ -25,6 +25,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -49,25 +50,32 @@ _started_here = False
 def connect(ex: ExecutorOptions, reporter: Reporter = SILENT) -> float:
     """Join `ex.address` (else $RAY_ADDRESS, else start a local Ray); returns the seconds it took.
 
-    Reuses a Ray already initialised in this process (tests share one per session).
+    Reuses a Ray already initialised in this process (tests share one per session). A local Ray,
+    and a driver joining one at a loopback address, bind to 127.0.0.1 only (see `loopback`).
     """
     global _started_here
-    import ray
 
     _quiet_ray(ex)
+    address = ex.resolved_address
+    if not address or is_loopback(address):
+        loopback()
+    import ray
+
     if ray.is_initialized():
         _configure_data(ex)
         return 0.0
     start = time.monotonic()
-    address = ex.resolved_address
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not ex.quiet,
                               "logging_level": logging.INFO if ex.verbose else
                               logging.ERROR if ex.quiet else logging.WARNING}
     try:
         if address:
-            ray.init(address=address, runtime_env={"env_vars": worker_env()}, **kwargs)
+            # No job-wide runtime_env: it makes Ray start every worker anew through its runtime
+            # env agent (~1.5 s each, measured) instead of using the ones it keeps ready. The
+            # stage workers set worker_env() themselves, the vLLM processor gets it in its config.
+            ray.init(address=address, **kwargs)
         else:
-            ray.init(**kwargs)
+            ray.init(_node_ip_address=LOOPBACK, **kwargs)
             _started_here = True
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"cannot connect to Ray at {address or 'a new local instance'}: "
@@ -79,6 +87,39 @@ def connect(ex: ExecutorOptions, reporter: Reporter = SILENT) -> float:
     reporter.debug(f"ray: connected to {address or 'a local instance'} in {seconds:.1f} s "
                    f"({ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)")
     return seconds
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(address: str) -> bool:
+    host = re.sub(r"^[a-z]+://", "", address).rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def loopback() -> None:
+    """Make Ray in this process (and the processes it starts) use 127.0.0.1 as the node address.
+
+    `ray.init(_node_ip_address="127.0.0.1")` alone is not enough: Ray replaces a loopback
+    address by the machine's routable one (so other nodes could reach it) unless "clusters" are
+    disabled, which is read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported. With it,
+    the GCS, raylet and workers listen on 127.0.0.1 and every connection stays on loopback
+    (checked with `ss -tnp`). Call it before `ray.init` of a local instance (`start_local`)."""
+    import sys
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:  # Ray was imported before: the flag was read already
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def start_local(num_cpus: int | None = None, **kwargs: Any) -> str:
+    """Start a local Ray bound to loopback (benchmarks, tests); returns its address."""
+    loopback()
+    import ray
+
+    ray.init(num_cpus=num_cpus, _node_ip_address=LOOPBACK, include_dashboard=False, **kwargs)
+    return ray.get_runtime_context().gcs_address
 
 
 def shutdown() -> None:
@@ -99,6 +140,8 @@ def _quiet_ray(ex: ExecutorOptions) -> None:
     level = logging.INFO if ex.verbose else logging.ERROR if ex.quiet else logging.WARNING
     for name in ("ray", "ray.data", "ray.llm"):
         logging.getLogger(name).setLevel(level)
+    # Ray Data sets its loggers' levels again when a job starts, from this variable.
+    os.environ["RAY_DATA_LOG_LEVEL"] = logging.getLevelName(level)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
@@ -272,25 +315,67 @@ class ModelPool:
         self._loaded.clear()
 
 
+# Columns of the blocks the driver hands the workers: the task's index (its shard's name), and
+# for Parquet inputs the file slices it reads (JSON: [[path, first row, rows], ...]).
+_TASK = "__safesample_task__"
+_SLICES = "__safesample_slices__"
+# Thread pools of the model libraries in a worker: sized to the CPUs it reserves, so that two
+# workers on two cores do not each run a pool as wide as the machine (ONNX Runtime reads
+# OMP_NUM_THREADS through safesample.backends.embedding; torch and BLAS read these at import).
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 class StageActor:
-    """A Ray Data worker: `fn(batch, options, reporter=SILENT, **models)` on every batch, with
-    models loaded once per worker; the output keeps `metadata` (the provenance) on its schema."""
+    """A Ray Data worker: `fn(table, options, reporter=SILENT, **models)` on every task, with
+    models loaded once per worker; the output keeps `metadata` (the provenance) on its schema.
+
+    A task is a block of the input rows, or (Parquet inputs) a list of file slices the worker
+    reads itself, so the rows never pass through the driver or a read task. With `dest` (a shard
+    folder) the worker writes the task's shard `part-TASK.parquet` (atomically: a retried task
+    replaces its own file) and returns only its name and row count; else it returns the rows."""
 
     def __init__(self, fn: Callable[..., Any], options: Any, env: dict[str, str] | None = None,
-                 metadata: dict[bytes, bytes] | None = None):
-        os.environ.update(env or {})
-        self.fn, self.options, self.metadata = fn, options, metadata
+                 metadata: dict[bytes, bytes] | None = None, dest: str | None = None, threads: int = 1):
+        env = dict(env or {})
+        for var in _THREAD_VARS:
+            env.setdefault(var, env.get("OMP_NUM_THREADS", str(max(1, threads))))
+        os.environ.update(env)
+        self.fn, self.options, self.metadata, self.dest = fn, options, metadata, dest
         self.pool = ModelPool()
 
     def __call__(self, batch: "pa.Table") -> "pa.Table":
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        tasks = list(dict.fromkeys(batch.column(_TASK).to_pylist()))
+        outputs = []
+        for task in tasks:  # a block is one task; a bundle of several is handled too
+            rows = batch if len(tasks) == 1 else batch.filter(pc.equal(batch.column(_TASK), task))
+            if _SLICES in rows.column_names:
+                table = read_slices(json.loads(rows.column(_SLICES)[0].as_py()))
+            else:
+                table = rows.drop_columns([_TASK])
+            outputs.append(self._run(int(task), table))
+        return pa.concat_tables(outputs) if len(outputs) != 1 else outputs[0]
+
+    def _run(self, task: int, table: "pa.Table") -> "pa.Table":
+        import pyarrow as pa
+
         try:
-            out = self.fn(batch, self.options, reporter=SILENT, **self.pool.collaborators(self.fn))
+            out = self.fn(table, self.options, reporter=SILENT, **self.pool.collaborators(self.fn))
+            out = getattr(out, "table", out)
+            if self.metadata is not None:
+                out = out.replace_schema_metadata(self.metadata)
+            if self.dest is None:
+                return out
+            from safesample.tables import _write_parquet, atomic_path
+
+            name = shard_name(task)
+            with atomic_path(Path(self.dest) / name, what="-o") as tmp:
+                _write_parquet(out, tmp)
+            return pa.table({_TASK: pa.array([task], pa.int64()), "name": [name], "rows": [out.num_rows]})
         except SafesampleError as exc:
             raise StageFailure(type(exc).__name__, exc.message, exc.hint) from None
-        table = getattr(out, "table", out)
-        if self.metadata is not None:
-            table = table.replace_schema_metadata(self.metadata)
-        return table
 
     def __del__(self) -> None:
         pool = getattr(self, "pool", None)
@@ -298,15 +383,66 @@ class StageActor:
             pool.close()
 
 
+def shard_name(task: int) -> str:
+    return f"part-{task:05d}.parquet"
+
+
+def read_slices(slices: list[list[Any]]) -> "pa.Table":
+    """Rows `[first, first + rows)` of each Parquet file, as one table (only the row groups that
+    hold them are read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from safesample.errors import DataError
+
+    parts = []
+    for path, first, rows in slices:
+        try:
+            parquet = pq.ParquetFile(path)
+            groups, offset, start = [], 0, None
+            for g in range(parquet.metadata.num_row_groups):
+                n = parquet.metadata.row_group(g).num_rows
+                if offset < first + rows and offset + n > first:
+                    groups.append(g)
+                    start = offset if start is None else start
+                offset += n
+            table = parquet.read_row_groups(groups) if groups else parquet.schema_arrow.empty_table()
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"cannot read {path!r} as a Parquet: {str(exc).splitlines()[0][:200]}",
+                            "check the file (was it changed after the run started?)") from exc
+        parts.append(table.slice(first - (start or 0), rows))
+    try:
+        return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"the input files do not share one schema: {str(exc).splitlines()[0][:200]}",
+                        "pass shards written by one command") from exc
+
+
+@dataclass
+class Input:
+    """A planned Ray run: the dataset of tasks, the input's schema, its rows and tasks."""
+
+    dataset: "ray.data.Dataset"
+    schema: "pa.Schema"
+    rows: int
+    tasks: int
+
+
+def workers(ex: ExecutorOptions) -> int:
+    return ex.concurrency or _cpus()
+
+
 def read(source: str, *, limit: int | None, load_local: Callable[[str, int | None], "pa.Table"],
-         batch_rows: int = 4096) -> tuple["ray.data.Dataset", "pa.Schema"]:
-    """A Ray dataset of the input: Parquet files and shard folders read by the workers; anything
-    else (a pipe, CSV, JSON Lines, a table without `id`) read here by `load_local` (which gives
-    rows their content-hash ids exactly as the local executor does)."""
+         ex: ExecutorOptions) -> Input:
+    """The input as Ray tasks of `task_rows` rows (set on `ex`): Parquet files and shard folders
+    as file slices the workers read; anything else (a pipe, CSV, JSON Lines, a table without
+    `id`) read here by `load_local` (which gives rows their content-hash ids exactly as the local
+    executor does) and handed over in blocks."""
     import pyarrow.parquet as pq
     import ray.data
 
     from safesample import shards
+    from safesample.executors import task_rows
     from safesample.tables import PARQUET_MAGIC, claim_input
 
     files: list[Path] = []
@@ -322,61 +458,98 @@ def read(source: str, *, limit: int | None, load_local: Callable[[str, int | Non
         if "id" in schema.names:
             for f in files:
                 claim_input(str(f))
-            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-            rows = min(rows, limit) if limit else rows
-            # Enough blocks for every worker to get batches (a small file is one row group).
-            blocks = max(len(files), -(-rows // max(1, batch_rows)))
-            _preimport_fsspec()
-            ds = ray.data.read_parquet([str(f) for f in files], override_num_blocks=blocks)
-            return (ds.limit(limit) if limit else ds), schema
+            counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+            rows = min(sum(counts), limit) if limit else sum(counts)
+            ex.task_rows = task_rows(rows, workers(ex), ex.batch_size)
+            tasks = file_tasks([str(f.resolve()) for f in files], counts, rows, ex.task_rows)
+            items = [{_TASK: i, _SLICES: json.dumps(t)} for i, t in enumerate(tasks)]
+            return Input(ray.data.from_items(items, override_num_blocks=len(items)), schema, rows, len(tasks))
     table = load_local(source, limit)
-    step = max(1, batch_rows)
-    parts = [table.slice(i, step) for i in range(0, table.num_rows, step)] or [table]
-    return ray.data.from_arrow(parts), table.schema
+    ds, tasks = from_table(table, ex)
+    return Input(ds, table.schema, table.num_rows, tasks)
 
 
-def _preimport_fsspec() -> None:
-    """Work around a race in Ray Data's path resolution: its threads each try to import fsspec's
-    HTTP filesystem and only expect ModuleNotFoundError; without aiohttp (not a dependency),
-    two threads importing it at once get "cannot import name 'HTTPFileSystem'" instead (seen
-    here about one run in two). When it cannot be imported, mark it so (None in sys.modules
-    makes every later import a plain ModuleNotFoundError)."""
-    import sys
+def file_tasks(files: list[str], counts: list[int], rows: int, size: int) -> list[list[list[Any]]]:
+    """The first `rows` rows of `files` (with `counts` rows each) in tasks of `size` rows, each a
+    list of [file, first row, rows] slices (a task may span files; at least one task)."""
+    tasks: list[list[list[Any]]] = []
+    current: list[list[Any]] = []
+    filled, left = 0, rows
+    for path, count in zip(files, counts):
+        first = 0
+        while first < count and left > 0:
+            take = min(count - first, size - filled, left)
+            current.append([path, first, take])
+            first, filled, left = first + take, filled + take, left - take
+            if filled == size:
+                tasks.append(current)
+                current, filled = [], 0
+    if current or not tasks:
+        tasks.append(current or [[files[0], 0, 0]])
+    return tasks
 
-    try:
-        import fsspec.implementations.http  # noqa: F401
-    except ImportError:
-        sys.modules.setdefault("fsspec.implementations.http", None)  # type: ignore[arg-type]
+
+def from_table(table: "pa.Table", ex: ExecutorOptions) -> tuple["ray.data.Dataset", int]:
+    """A table already in memory as a dataset of task-sized blocks (`ex.task_rows` is set), and
+    the number of tasks."""
+    import pyarrow as pa
+    import ray.data
+
+    from safesample.executors import task_rows
+
+    ex.task_rows = step = task_rows(table.num_rows, workers(ex), ex.batch_size)
+    blocks = []
+    for task, start in enumerate(range(0, max(table.num_rows, 1), step)):
+        part = table.slice(start, step)
+        blocks.append(part.append_column(_TASK, pa.array([task] * part.num_rows, pa.int64())))
+    return ray.data.from_arrow(blocks), len(blocks)
 
 
 def map_stage(ds: "ray.data.Dataset", fn: Callable[..., Any], options: Any, ex: ExecutorOptions, *,
-              metadata: dict[bytes, bytes] | None = None) -> "ray.data.Dataset":
-    """`fn` (a `<stage>_table`) over the dataset's batches, in `StageActor` workers."""
+              tasks: int | None = None, metadata: dict[bytes, bytes] | None = None,
+              dest: Path | None = None, stateless: bool = False) -> "ray.data.Dataset":
+    """`fn` (a `<stage>_table`) over the dataset's tasks, in `StageActor` workers (no more than
+    there are tasks), each reserving its share of the CPUs and running that many threads.
+
+    `stateless` (a stage that loads no model, e.g. rules labelling): plain Ray tasks instead of
+    actors, which start sooner (measured: first batch ~1.5 s earlier) as there is nothing to keep."""
     import ray.data
 
     cpus = _cpus()
-    concurrency = ex.concurrency or cpus
-    return ds.map_batches(StageActor, fn_constructor_args=(fn, options, worker_env(), metadata),
-                          batch_format="pyarrow", batch_size=ex.batch_rows,
-                          compute=ray.data.ActorPoolStrategy(size=concurrency),
-                          num_cpus=actor_cpus(concurrency, cpus), zero_copy_batch=True)
+    pool = max(1, min(workers(ex), tasks or workers(ex)))
+    per_actor = actor_cpus(pool, cpus)
+    args = (fn, options, worker_env(), metadata, str(dest) if dest else None, int(per_actor))
+    if stateless:
+        return ds.map_batches(_run_task, fn_args=(args,), batch_format="pyarrow", batch_size=None,
+                              zero_copy_batch=True, concurrency=pool, num_cpus=per_actor)
+    return ds.map_batches(StageActor, fn_constructor_args=args, batch_format="pyarrow", batch_size=None,
+                          zero_copy_batch=True,
+                          # Two tasks in flight per worker: the next one is there when one ends (one
+                          # alone left ~0.3 s idle between tasks); more would pin tasks to a busy one.
+                          compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=2),
+                          num_cpus=per_actor)
+
+
+def _run_task(batch: "pa.Table", args: tuple[Any, ...]) -> "pa.Table":
+    return StageActor(*args)(batch)
 
 
 def actor_cpus(concurrency: int, cpus: int) -> float:
-    """CPUs each worker reserves. Read and write tasks need a whole CPU beside the workers, which
-    hold theirs for the whole job: a pool that reserves every CPU waits forever (measured: 2
-    workers x 1 CPU on 2 CPUs never start). So the pool shares what the tasks leave."""
-    if concurrency <= cpus - 1:
-        return 1.0
-    return max(0.05, round((cpus - 1) / concurrency, 2)) if cpus > 1 else round(0.5 / concurrency, 2)
+    """CPUs each worker reserves: an equal share, at most one. The workers read their input and
+    write their shards themselves, so no read or write task needs a CPU beside them."""
+    import math
+
+    return min(1.0, max(0.01, math.floor(100 * cpus / concurrency) / 100))
 
 
-def from_table(table: "pa.Table", batch_rows: int) -> "ray.data.Dataset":
-    """A table already in memory as a dataset of batch-sized blocks (one block feeds one worker)."""
-    import ray.data
-
-    step = max(1, batch_rows)
-    return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)] or [table])
+def run_table(table: "pa.Table", fn: Callable[..., Any], options: Any, ex: ExecutorOptions, *,
+              stateless: bool = False) -> "pa.Table":
+    """`fn` over an in-memory table on Ray, the result gathered here in order."""
+    if table.num_rows == 0:  # nothing to spread; the stage still gives the output its columns
+        out = fn(table, options, reporter=SILENT)
+        return getattr(out, "table", out)
+    ds, tasks = from_table(table, ex)
+    return collect(map_stage(ds, fn, options, ex, tasks=tasks, stateless=stateless))
 
 
 def collect(ds: "ray.data.Dataset") -> "pa.Table":
@@ -391,28 +564,21 @@ def collect(ds: "ray.data.Dataset") -> "pa.Table":
     return pa.concat_tables(tables, promote_options="default")
 
 
-class _ShardNames:
-    """`part-TASK-UUID.parquet`: deterministic per task (a retried task replaces its own file)."""
-
-    def __new__(cls):
-        from ray.data.datasource import FilenameProvider
-
-        class ShardNames(FilenameProvider):
-            def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-                return f"part-{task_index:06d}-{write_uuid}.parquet"
-
-        return ShardNames(file_format="parquet")
-
-
-def write_dir(ds: "ray.data.Dataset", dest: str, provenance: list[dict[str, Any]]) -> dict[str, Any]:
-    """Shards written by the workers into `dest`, then the manifest (last: a failed job leaves a
-    folder that reads as incomplete)."""
+def begin_dir(dest: str) -> Path:
+    """The shard folder the workers will write into (emptied, absolute)."""
     from safesample import shards
 
-    folder = shards.begin_dir_output(dest)
-    with errors():
-        ds.write_parquet(str(folder), filename_provider=_ShardNames())
-    return shards.write_manifest(folder, provenance)
+    return shards.begin_dir_output(dest).resolve()
+
+
+def finish_dir(ds: "ray.data.Dataset", folder: Path, provenance: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run the job whose workers write the shards into `folder`, then the manifest (last: a
+    failed job leaves a folder that reads as incomplete)."""
+    from safesample import shards
+
+    written = collect(ds)
+    names = written.column("name").to_pylist() if written.num_rows else []
+    return shards.write_manifest(folder, provenance, names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,6 +652,7 @@ class RayLLMEngine(_engine_base()):  # type: ignore[misc]
         model = os.path.join(self.ref.path, self.ref.gguf_file) if self.ref.gguf_file else self.ref.path
         return {"model_source": model, "engine_kwargs": engine_kwargs, "batch_size": self.batch_size,
                 "concurrency": self.concurrency or max(1, int(cluster_gpus())), "accelerator_type": None,
+                "runtime_env": {"env_vars": worker_env()},
                 "chat_template_stage": False, "tokenize_stage": False, "detokenize_stage": True}
 
     def generate(self, prompts: list[str], max_new_tokens: int | None = None, progress=None) -> list[str]:
