@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.console import Console
 
@@ -95,6 +95,25 @@ def progress(total: int | None, description: str, unit: str = "rows") -> Iterato
     elapsed = time.monotonic() - start
     if elapsed >= 1:
         info(f"{description}: {done} {unit} in {elapsed:.1f} s")
+
+
+def table(title: str, header: list[str], rows: list[tuple[str, ...]], *, label_cols: int = 1,
+          total_last: bool = False, bold: Callable[[tuple[str, ...]], bool] | None = None) -> None:
+    """A summary table on stderr (nothing with -q): the first `label_cols` columns are names, the
+    rest right-aligned numbers; `total_last` sets the last row apart in bold."""
+    if _verbosity < NORMAL:
+        return
+    from rich.table import Table
+
+    grid = Table(title=title, title_justify="left")
+    for i, name in enumerate(header):
+        grid.add_column(name, justify="left" if i < label_cols else "right", no_wrap=i < label_cols)
+    for k, row in enumerate(rows):
+        last = total_last and k == len(rows) - 1
+        if last and k > 0:
+            grid.add_section()
+        grid.add_row(*row, style="bold" if last or (bold and bold(row)) else None)
+    console.print(grid)
 
 
 class ConsoleReporter:

@@ -21,7 +21,7 @@ fine-tuned run folder is prompted with the template it was trained with (--templ
 Scorers (--scorer, repeatable): rules (refusal classifier, always available), wildguard / llm
 (guard judge LLM given by --judge-model), reward (any sequence-classification model given by
 --reward-model: a helpfulness reward model or a harmfulness predictor), refusal_score (the
-model's log-odds of opening with a refusal vs compliance: forward passes only; alone, no generation).
+model's odds of opening its answer with a refusal: forward passes only; alone, no generation).
 
 Summary (stderr, and --summary s.json): refusal rate among prompts not flagged benign,
 over-refusal on benign look-alikes (a `label` column "safe" as in XSTest, `expected_behavior`
@@ -176,33 +176,14 @@ def command(
 def _render(report: dict[str, Any]) -> None:
     """The summary (and comparison) tables on stderr; nothing with -q."""
     from safesample import console
-
-    if console.verbosity() < console.NORMAL:
-        return
-    from rich.table import Table
-
     from safesample.judge import compare_rows, summary_lines, summary_rows
 
-    width = None if console.console.is_terminal else 160  # a log gets a wide table, not cut names
     header, rows = summary_rows(report)
-    table = Table(title="judge summary (refused: among prompts not flagged benign)", title_justify="left")
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i == 0)
-    for row in rows[:-1]:
-        table.add_row(*row)
-    if len(rows) > 1:
-        table.add_section()
-    table.add_row(*rows[-1], style="bold")
-    console.console.print(table, width=width)
-    header, rows = compare_rows(report)
+    console.table("judge summary (refused: among prompts not flagged benign)", header, rows, total_last=True)
     if "compare" in report:
         cmp = report["compare"]
-        ctable = Table(title=f"change against {cmp['base']} ({cmp['paired']} paired prompts)",
-                       title_justify="left")
-        for i, name in enumerate(header):
-            ctable.add_column(name, justify="left" if i < 2 else "right", no_wrap=i < 2)
-        for row in rows:
-            ctable.add_row(*row, style="bold" if row[1] == "overall" else None)
-        console.console.print(ctable, width=width)
+        header, rows = compare_rows(report)
+        console.table(f"change against {cmp['base']} ({cmp['paired']} paired prompts)", header, rows,
+                      label_cols=2, bold=lambda row: row[1] == "overall")
     for line in summary_lines(report):
         console.info(line)

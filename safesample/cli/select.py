@@ -163,17 +163,9 @@ def check_output_folder(path: str) -> None:
 def _show_report(stage, report: dict) -> None:
     if console.verbosity() < console.NORMAL:
         return
-    from rich.table import Table
-
-    grid = Table(title=f"coverage: {report['strategy']}, {report['budget']} rows, seed {report['seed']}",
-                 title_justify="left")
-    grid.add_column("")
-    grid.add_column("selection", justify="right")
-    grid.add_column(f"random (mean of {report['random']['draws']})", justify="right")
-    grid.add_column("available", justify="right")
-    for row in stage.report_rows(report):
-        grid.add_row(*row)
-    console.console.print(grid)
+    console.table(f"coverage: {report['strategy']}, {report['budget']} rows, seed {report['seed']}",
+                  ["", "selection", f"random (mean of {report['random']['draws']})", "available"],
+                  stage.report_rows(report))
     excluded = {k: v for k, v in report["excluded"].items() if v}
     if excluded:
         console.info("excluded: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in excluded.items()))
