@@ -44,8 +44,12 @@ RANDOM_SEEDS ?= 0 1 2 3 4
 SEEDS ?= 0 1 2 3 4
 STRATEGIES ?= diverse diverse_contrast
 ARM_ARGS ?= --template chat --epochs 1 --lr 1e-3 --batch-size 8 --max-length 128
+GEN_SEEDS ?= 0
 JUDGE_ARGS ?= --scorer rules --max-new-tokens 32 --batch-size 16 --engine $(ENGINE)
 SCORE_ARGS ?= --scorer refusal_score --batch-size 8
+# look-alikes from every short GPTeacher/Alpaca task outside the benign set (the pilot's 300-row
+# align_benign.parquet gave look-alikes at cosine 0.34, hardly closer than random rows)
+CONTRAST ?= $(W)/data/contrast.parquet
 endif
 SHARED ?= ../shared/data
 MODEL ?= smollm2
@@ -119,10 +123,14 @@ $(W)/pool.clustered.parquet: $(W)/data/eval.parquet
 	  | $(SS) embed - $(Q) -o - \
 	  | $(SS) cluster - --reference $(W)/data/refs.parquet --reference-col category_coarse $(Q) -o $@
 
-$(W)/picked/%.parquet: $(W)/pool.clustered.parquet
+$(W)/picked/%.parquet: $(W)/pool.clustered.parquet | $(CONTRAST)
 	mkdir -p $(@D) $(R)/selection
 	$(SS) select $< $(call select_args,$(call strategy,$*)) --budget $(call budget,$*) --seed $(call seed,$*) \
 	  --exclude $(W)/data/eval.parquet --report $(R)/selection/$*.json $(Q) -o $@
+
+# the qwen run's contrast pool (order-only above: a new pool does not redo picks already made)
+$(W)/data/contrast.parquet: experiments/contrast_pool.py
+	$(PY) experiments/contrast_pool.py --shared $(SHARED) --benign-n $(BENIGN_N) --out $@
 
 # --- stage 1: align the base model once ------------------------------------------------------
 $(W)/models/aligned/merged/config.json: $(W)/data/eval.parquet
@@ -164,9 +172,14 @@ $(R)/judged/aligned.parquet: $(if $(filter none,$(ALIGN)),$(W)/data/eval.parquet
 	mkdir -p $(@D)
 	$(SS) judge $(GEN_EVAL) --model $(BASE) $(JUDGE_ARGS) --summary $(R)/judged/aligned.json $(Q) -o $@
 
-# each arm's judged table, then its scored one, arm by arm: a run cut short keeps whole arms
+# each arm's judged table, then its scored one, arm by arm: a run cut short keeps whole arms.
+# Generation (judged/) only for the arms of GEN_SEEDS (and aligned, none) when set: the score runs
+# on every arm, and generating costs as much as scoring.
 SCORED := $(strip $(SCORE_ARGS))
-$(R)/summary.md: $(foreach a,aligned $(ARMS),$(R)/judged/$(a).parquet $(if $(SCORED),$(R)/scored/$(a).parquet)) \
+GEN_SEEDS ?= $(sort $(RANDOM_SEEDS) $(SEEDS))
+generated = $(if $(filter aligned none,$(1)),yes,$(filter $(call seed,$(1)),$(GEN_SEEDS)))
+$(R)/summary.md: $(foreach a,aligned $(ARMS),$(if $(call generated,$(a)),$(R)/judged/$(a).parquet) \
+                   $(if $(SCORED),$(R)/scored/$(a).parquet)) \
                  experiments/summarize.py
 	$(PY) experiments/summarize.py $(R)/judged --out $(R) $(if $(SCORED),--scored $(R)/scored) \
 	  --command "make experiment RUN=$(RUN) BUDGETS='$(BUDGETS)' RANDOM_SEEDS='$(RANDOM_SEEDS)' STRATEGIES='$(STRATEGIES)' SEEDS='$(SEEDS)' MODEL=$(MODEL)"

@@ -65,6 +65,15 @@ def load_arms(folder: Path) -> dict[tuple[str, int, int], pd.DataFrame]:
 
 SCORE_GROUPS = {"harmful refusal score": lambda d: d["label"] == "harmful",
                 "XSTest refusal score": lambda d: d["category"] == "xstest_safe"}
+# The score is the logit of P(the answer opens with a refusal) at temperature 1, so the mean of its
+# sigmoid is the share of prompts a sampling user would see refused at the first words: a rate that
+# needs no threshold. (A cut chosen against greedy answers of the base model does not carry over to
+# fine-tuned arms: they keep refusing greedily at lower probabilities.)
+PROBABILITY_GROUPS = {"harmful P(refusal)": lambda d: d["label"] == "harmful",
+                      "XSTest P(refusal)": lambda d: d["category"] == "xstest_safe",
+                      "AlpacaEval P(refusal)": lambda d: d["category"] == "alpaca_eval"}
+SCORE_METRICS = {**PROBABILITY_GROUPS, **SCORE_GROUPS}
+RATES = (*GROUPS, *PROBABILITY_GROUPS)  # shown in points
 DEFAULT_PAIRS = "diverse:random,diverse_contrast:diverse"
 
 
@@ -84,7 +93,10 @@ def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: flo
         nc = delta * np.sqrt(n) / sd
         if df > 300:  # scipy's noncentral t turns NaN at large df, where it is the shifted normal
             return norm.sf(crit - nc) + norm.cdf(-crit - nc) - power
-        return nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc) - power
+        reached = nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc)
+        if not np.isfinite(reached):  # scipy's NaN far in the tail: there, power is ~1 or ~0
+            reached = 1.0 if nc > crit else 0.0
+        return reached - power
 
     hi = sd
     while shortfall(hi) < 0:
@@ -117,15 +129,19 @@ def paired_test(a: list[float], b: list[float]) -> dict:
     return out
 
 
-def arm_metrics(df: pd.DataFrame, scored: pd.DataFrame | None = None) -> dict[str, float]:
-    """The per-arm figures of one judged table (and its --scored table)."""
+def arm_metrics(df: pd.DataFrame | None, scored: pd.DataFrame | None = None) -> dict[str, float]:
+    """The per-arm figures of one judged table (generated answers) and its --scored table; an arm
+    may have either (generation can be kept to some seeds, the score runs on every arm)."""
     out: dict[str, float] = {}
-    if "refusal" in df:
+    if df is not None and "refusal" in df:
         out.update({name: float(df.loc[sel(df), "refusal"].mean()) for name, sel in GROUPS.items()})
     source = scored if scored is not None and "refusal_score" in scored else df
-    if "refusal_score" in source:
+    if source is not None and "refusal_score" in source:
         out.update({name: float(source.loc[sel(source), "refusal_score"].mean())
                     for name, sel in SCORE_GROUPS.items()})
+        probability = 1 / (1 + np.exp(-source["refusal_score"].astype(float)))
+        out.update({name: float(probability[sel(source)].mean()) for name, sel in PROBABILITY_GROUPS.items()
+                    if sel(source).any()})
     return out
 
 
@@ -139,7 +155,7 @@ def paired_over_seeds(per_arm: dict, arms: dict, pairs: list[tuple[str, str]]) -
                            & {k[2] for k in per_arm if k[:2] == (vs, budget)})
             if not seeds:
                 continue
-            metrics = [m for m in list(GROUPS) + list(SCORE_GROUPS)
+            metrics = [m for m in list(GROUPS) + list(SCORE_METRICS)
                        if all(m in per_arm[(s_, budget, seed)] for s_ in (arm, vs) for seed in seeds)]
             for metric in metrics:
                 a = [per_arm[(arm, budget, s)][metric] for s in seeds]
@@ -192,14 +208,16 @@ def main() -> None:
     a = ap.parse_args()
     arms = load_arms(a.judged)
     scored = load_arms(a.scored) if a.scored and a.scored.is_dir() else {}
-    if not arms:
+    if not arms and not scored:
         raise SystemExit(f"no judged arms in {a.judged}")
     a.out.mkdir(parents=True, exist_ok=True)
 
     per_arm = {}
-    for key, df in arms.items():
+    for key in sorted(set(arms) | set(scored)):
+        df = arms.get(key)
         per_arm[key] = arm_metrics(df, scored.get(key))
-        per_arm[key]["n_harmful"] = int((df["label"] == "harmful").sum())
+        per_arm[key]["n_harmful"] = int((next(t for t in (df, scored.get(key)) if t is not None)["label"]
+                                         == "harmful").sum())
         report = a.out / "selection" / f"{key[0]}-b{key[1]}-s{key[2]}.json"
         if report.exists():
             picked = json.loads(report.read_text())["selection"]
@@ -211,10 +229,12 @@ def main() -> None:
     rows = []
     for (strategy, budget), runs in sorted(grouped.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         row = {"strategy": strategy, "budget": budget, "seeds": len(runs)}
-        for name in list(GROUPS) + list(SCORE_GROUPS):
-            if not all(name in r for r in runs):
+        for name in list(GROUPS) + list(SCORE_METRICS):
+            vals = np.array([r[name] for r in runs if name in r])
+            if not len(vals):
                 continue
-            vals = np.array([r[name] for r in runs])
+            if len(vals) < len(runs):  # generated answers on some seeds only (GEN_SEEDS)
+                row.setdefault("seeds_with", {})[name] = len(vals)
             row[name] = {"mean": float(vals.mean()), "min": float(vals.min()), "max": float(vals.max())}
             if len(vals) > 1:
                 row.setdefault("sd", {})[name] = float(vals.std(ddof=1))
@@ -250,7 +270,7 @@ def main() -> None:
                "arms": {f"{k[0]}-b{k[1]}-s{k[2]}": v for k, v in per_arm.items()}}
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     (a.out / "summary.md").write_text(markdown(rows, tests, a.command) + paired_markdown(paired))
-    plots(rows, arms, a.out)
+    plots(rows, arms, a.out, scored)
     print((a.out / "summary.md").read_text())
 
 
@@ -268,7 +288,7 @@ def paired_markdown(paired: list[dict]) -> str:
              "| arm | vs | budget | metric | seeds | arm mean | vs mean | difference (sd) | p (t) | "
              "p (Wilcoxon) | p (sign) | MDD |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in paired:
-        k = 100 if r["metric"] in GROUPS else 1
+        k = 100 if r["metric"] in RATES else 1
         sd = "-" if r["diff_sd"] is None else f"{k * r['diff_sd']:.2f}"
         mdd = "-" if r["mdd_80"] is None else f"{k * r['mdd_80']:.2f}"
         lines.append(f"| {r['arm']} | {r['vs']} | {r['budget']} | {r['metric']} | {r['n_seeds']} | "
@@ -277,20 +297,32 @@ def paired_markdown(paired: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fmt(cell: dict) -> str:
+def partial(row: dict, name: str) -> str:
+    """A note on a figure that covers only some of the row's seeds."""
+    k = row.get("seeds_with", {}).get(name)
+    return f" [{k} of {row['seeds']} seeds]" if k else ""
+
+
+def fmt(cell: dict, rate: bool = True) -> str:
+    if not rate:  # a mean log-odds score
+        if cell["min"] == cell["max"]:
+            return f"{cell['mean']:.2f}"
+        return f"{cell['mean']:.2f} ({cell['min']:.2f}–{cell['max']:.2f})"
     if cell["min"] == cell["max"]:
         return f"{100 * cell['mean']:.1f} %"
     return f"{100 * cell['mean']:.1f} % ({100 * cell['min']:.1f}–{100 * cell['max']:.1f})"
 
 
 def markdown(rows: list[dict], tests: list[dict], command: str) -> str:
+    columns = [g for g in (*GROUPS, *SCORE_METRICS) if any(g in r for r in rows)]
     lines = [f"Produced by `{command}`. Mean over seeds, (min–max) when there are several.", "",
-             "| strategy | budget | seeds | " + " | ".join(GROUPS) + " | categories / clusters picked |",
-             "|---|---|---|" + "---|" * (len(GROUPS) + 1)]
+             "| strategy | budget | seeds | " + " | ".join(columns) + " | categories / clusters picked |",
+             "|---|---|---|" + "---|" * (len(columns) + 1)]
     for r in rows:
         covered = f"{r['categories']:.3g} / {r['clusters']:.3g}" if "categories" in r else "-"
         lines.append(f"| {r['strategy']} | {r['budget']} | {r['seeds']} | "
-                     + " | ".join(fmt(r[g]) for g in GROUPS) + f" | {covered} |")
+                     + " | ".join((fmt(r[g], rate=g in RATES) + partial(r, g)) if g in r else "-" for g in columns)
+                     + f" | {covered} |")
     if tests:
         lines += ["", "Paired on the harmful prompts (exact McNemar): prompts refused only by the arm vs "
                   "only by the random arm, the difference in points, and the share of harmful prompts "
@@ -307,7 +339,7 @@ def markdown(rows: list[dict], tests: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(rows: list[dict], arms: dict, out: Path) -> None:
+def plots(rows: list[dict], arms: dict, out: Path, scored: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,16 +351,21 @@ def plots(rows: list[dict], arms: dict, out: Path) -> None:
     strategies = sorted({r["strategy"] for r in rows} - {"none", "aligned"})
     budgets = sorted({r["budget"] for r in rows if r["strategy"] in strategies})
     dodge = 0.012 * (max(budgets, default=1) or 1)  # side by side, so error bars do not hide each other
-    for ax, metric in zip(axes, ["harmful refused", "safe refused (XSTest)"]):
+    # the sampling refusal rate where every arm has one (scored runs), else the generated answers'
+    shown = (["harmful P(refusal)", "XSTest P(refusal)"] if all("harmful P(refusal)" in r for r in rows)
+             else ["harmful refused", "safe refused (XSTest)"])
+    for ax, metric in zip(axes, shown):
         for i, strategy in enumerate(strategies):
-            pts = sorted((r["budget"], r[metric]) for r in rows if r["strategy"] == strategy)
-            if baseline:  # every strategy starts from the benign-only arm at budget 0
+            pts = sorted((r["budget"], r[metric]) for r in rows if r["strategy"] == strategy and metric in r)
+            if not pts:
+                continue
+            if baseline and metric in baseline:  # every strategy starts from the benign-only arm at budget 0
                 pts = [(0, baseline[metric])] + pts
             xs = np.array([p[0] for p in pts]) + (i - (len(strategies) - 1) / 2) * dodge
             mean = np.array([p[1]["mean"] for p in pts]) * 100
             err = np.array([[p[1]["mean"] - p[1]["min"], p[1]["max"] - p[1]["mean"]] for p in pts]).T * 100
             ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=strategy)
-        if aligned:
+        if aligned and metric in aligned:
             ax.axhline(aligned[metric]["mean"] * 100, color="grey", ls=":", label="aligned (before)")
         ax.set_xticks([0] + budgets)
         ax.set_xlabel("safety rows in the fine-tuning mix (0 = benign only)")
@@ -340,20 +377,23 @@ def plots(rows: list[dict], arms: dict, out: Path) -> None:
     plt.close(fig)
 
     # Per-category refusal on harmful prompts at the largest budget, mean over seeds per strategy.
-    top = max((k[1] for k in arms if k[0] not in ("none", "aligned")), default=None)
+    # From the scored tables (P(refusal) at T=1, every arm) when there are any, else the judged ones.
+    tables = scored or arms
+    top = max((k[1] for k in tables if k[0] not in ("none", "aligned")), default=None)
     if top is None:
         return
     series, sizes = {}, None
-    for (strategy, budget, seed), df in arms.items():
+    for (strategy, budget, seed), df in tables.items():
         if budget == top or strategy in ("none", "aligned"):
             h = df[df["label"] == "harmful"]
-            series.setdefault(strategy, []).append(h.groupby("category")["refusal"].mean())
+            value = 1 / (1 + np.exp(-h["refusal_score"].astype(float))) if scored else h["refusal"]
+            series.setdefault(strategy, []).append(value.groupby(h["category"]).mean())
             sizes = h.groupby("category").size()
     order = ["aligned", "none"] + sorted(set(series) - {"aligned", "none"})
     table = pd.DataFrame({s: pd.concat(series[s], axis=1).mean(axis=1) for s in order if s in series}) * 100
     table.index = [f"{c} ({sizes[c]})" for c in table.index]
     ax = table.plot.bar(figsize=(11, 4.5), rot=30, width=0.8)
-    ax.set_ylabel("harmful prompts refused (%)")
+    ax.set_ylabel("harmful: P(refusal) at T=1 (%)" if scored else "harmful prompts refused (%)")
     ax.set_xlabel("category (prompts)")
     ax.set_title(f"Refusal per harm category: aligned model, benign only, and each strategy at budget {top} "
                  "(mean over seeds)", fontsize=10)

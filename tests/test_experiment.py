@@ -196,3 +196,36 @@ def test_prepare_generation_subset_and_advbench(tmp_path: Path):
     assert set(gen["id"]) <= set(ev["id"])
     assert gen.groupby("category").size().get("xstest_safe") == round(0.25 * 10)
     assert (gen["label"] == "harmful").sum() == 150 and (gen["category"] == "alpaca_eval").sum() == 1
+
+
+def test_summarize_scored_only_arms_and_sampling_refusal_probability(tmp_path: Path):
+    """Generation kept to seed 0 (GEN_SEEDS): seed 1 has only a scored table, and still counts in
+    the score metrics and their pairing, never in the generated-refusal ones. P(refusal) is the
+    mean sigmoid of the score: scores 0 and log 3 on the harmful rows give (1/2 + 3/4) / 2."""
+    import math
+
+    judged, scored, out = tmp_path / "judged", tmp_path / "scored", tmp_path / "out"
+    F = False
+    harmful = [0.0, math.log(3), 0.0, math.log(3)]
+    safe = [-math.log(3)] * 4  # P = 1/4
+    _judged(judged, "random-b8-s0", [True, F, F, F] + [F] * 4)
+    _judged(judged, "diverse-b8-s0", [True, True, F, F] + [F] * 4)
+    for seed, shift in ((0, 0.0), (1, 1.0)):
+        _judged(scored, f"random-b8-s{seed}", [F] * 8, [h + shift for h in harmful] + safe)
+        _judged(scored, f"diverse-b8-s{seed}", [F] * 8, [h + shift + 0.5 for h in harmful] + safe)
+    run(str(SUMMARIZE), str(judged), "--out", str(out), "--scored", str(scored))
+    summary = json.loads((out / "summary.json").read_text())
+    arms = summary["arms"]
+    assert set(arms) == {"random-b8-s0", "diverse-b8-s0", "random-b8-s1", "diverse-b8-s1"}
+    assert abs(arms["random-b8-s0"]["harmful P(refusal)"] - (0.5 + 0.75) / 2) < 1e-12
+    assert abs(arms["random-b8-s0"]["XSTest P(refusal)"] - 0.25) < 1e-12
+    assert "harmful refused" in arms["random-b8-s0"] and "harmful refused" not in arms["random-b8-s1"]
+    paired = {(p["arm"], p["vs"], p["metric"]): p for p in summary["paired_over_seeds"]}
+    assert paired[("diverse", "random", "harmful refusal score")]["seeds"] == [0, 1]
+    assert abs(paired[("diverse", "random", "harmful refusal score")]["diff_mean"] - 0.5) < 1e-12
+    assert paired[("diverse", "random", "harmful P(refusal)")]["diff_mean"] > 0
+    assert ("diverse", "random", "harmful refused") not in paired  # seed 1 was not generated
+    md = (out / "summary.md").read_text()
+    # P(refusal) is a rate in points; the generated rate covers one of the two seeds, and says so
+    assert "| random | 8 | 2 | 25.0 % [1 of 2 seeds] |" in md and "71.8 % (62.5–81.1)" in md
+    assert (out / "refusal_vs_budget.png").exists() and (out / "per_category.png").exists()
