@@ -145,7 +145,20 @@ def arm_metrics(df: pd.DataFrame | None, scored: pd.DataFrame | None = None) -> 
     return out
 
 
-def paired_over_seeds(per_arm: dict, arms: dict, pairs: list[tuple[str, str]]) -> list[dict]:
+def by_prompt(x: pd.DataFrame, y: pd.DataFrame) -> dict:
+    """One seed's two arms paired by prompt on the refusal score: the mean difference over the
+    harmful prompts and the Wilcoxon signed-rank p over them (does this seed's difference stand out
+    from prompt-to-prompt noise?)."""
+    from scipy.stats import wilcoxon
+
+    a, b = x.loc[x["label"] == "harmful", "refusal_score"].align(y["refusal_score"], join="inner")
+    d = (a - b).to_numpy(float)
+    p = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    return {"n_prompts": int(len(d)), "mean_diff": float(d.mean()), "p_wilcoxon": p}
+
+
+def paired_over_seeds(per_arm: dict, arms: dict, pairs: list[tuple[str, str]],
+                      scored: dict | None = None) -> list[dict]:
     """Each (arm, vs) strategy pair, per budget and metric, over the seeds both have."""
     results = []
     budgets = sorted({k[1] for k in per_arm})
@@ -171,6 +184,12 @@ def paired_over_seeds(per_arm: dict, arms: dict, pairs: list[tuple[str, str]]) -
                         only_a, only_b, p = mcnemar(r1, r2)
                         row["mcnemar"].append({"seed": s, "refused_only_by_arm": only_a,
                                                "refused_only_by_vs": only_b, "p": p})
+                if metric == "harmful refusal score":
+                    tables = scored if scored and (arm, budget, seeds[0]) in scored else arms
+                    if all((k, budget, sd) in tables for k in (arm, vs) for sd in seeds):
+                        row["by_prompt"] = [{"seed": sd, **by_prompt(tables[(arm, budget, sd)],
+                                                                      tables[(vs, budget, sd)])}
+                                            for sd in seeds]
                 results.append(row)
     return results
 
@@ -265,7 +284,7 @@ def main() -> None:
                           "same_response": same})
     tests.sort(key=lambda t: (t["arm"], t["vs"]))
 
-    paired = paired_over_seeds(per_arm, arms, parse_pairs(a.pairs))
+    paired = paired_over_seeds(per_arm, arms, parse_pairs(a.pairs), scored)
     summary = {"command": a.command, "table": rows, "mcnemar_vs_random": tests, "paired_over_seeds": paired,
                "arms": {f"{k[0]}-b{k[1]}-s{k[2]}": v for k, v in per_arm.items()}}
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -294,6 +313,14 @@ def paired_markdown(paired: list[dict]) -> str:
         lines.append(f"| {r['arm']} | {r['vs']} | {r['budget']} | {r['metric']} | {r['n_seeds']} | "
                      f"{k * r['mean_arm']:.2f} | {k * r['mean_vs']:.2f} | {k * r['diff_mean']:+.2f} ({sd}) | "
                      f"{_p(r['p_t'])} | {_p(r['p_wilcoxon'])} | {_p(r['p_sign'])} | {mdd} |")
+    seeds = [r for r in paired if r.get("by_prompt")]
+    if seeds:
+        lines += ["", "Each seed paired by prompt on the harmful refusal score (arm minus vs, log-odds; "
+                  "Wilcoxon signed-rank over the harmful prompts):", "",
+                  "| arm | vs | budget | by seed: difference (p) |", "|---|---|---|---|"]
+        for r in seeds:
+            lines.append(f"| {r['arm']} | {r['vs']} | {r['budget']} | " + ", ".join(
+                f"s{b['seed']} {b['mean_diff']:+.3f} ({b['p_wilcoxon']:.2g})" for b in r["by_prompt"]) + " |")
     return "\n".join(lines) + "\n"
 
 

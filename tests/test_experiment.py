@@ -225,6 +225,11 @@ def test_summarize_scored_only_arms_and_sampling_refusal_probability(tmp_path: P
     assert abs(paired[("diverse", "random", "harmful refusal score")]["diff_mean"] - 0.5) < 1e-12
     assert paired[("diverse", "random", "harmful P(refusal)")]["diff_mean"] > 0
     assert ("diverse", "random", "harmful refused") not in paired  # seed 1 was not generated
+    # each seed paired by prompt: every harmful prompt +0.5, a one-sided shift Wilcoxon cannot call
+    # significant on 4 prompts (exact two-sided p = 2 / 2^4)
+    seeds = paired[("diverse", "random", "harmful refusal score")]["by_prompt"]
+    assert [(b["seed"], b["n_prompts"]) for b in seeds] == [(0, 4), (1, 4)]
+    assert all(abs(b["mean_diff"] - 0.5) < 1e-12 and abs(b["p_wilcoxon"] - 0.125) < 1e-12 for b in seeds)
     md = (out / "summary.md").read_text()
     # P(refusal) is a rate in points; the generated rate covers one of the two seeds, and says so
     assert "| random | 8 | 2 | 25.0 % [1 of 2 seeds] |" in md and "71.8 % (62.5–81.1)" in md
