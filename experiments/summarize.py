@@ -285,7 +285,7 @@ def main() -> None:
     tests.sort(key=lambda t: (t["arm"], t["vs"]))
 
     paired = paired_over_seeds(per_arm, arms, parse_pairs(a.pairs), scored)
-    summary = {"command": a.command, "table": rows, "mcnemar_vs_random": tests, "paired_over_seeds": paired,
+    summary = {"command": a.command, "scores": list(SCORE_GROUPS), "table": rows, "mcnemar_vs_random": tests, "paired_over_seeds": paired,
                "arms": {f"{k[0]}-b{k[1]}-s{k[2]}": v for k, v in per_arm.items()}}
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     (a.out / "summary.md").write_text(markdown(rows, tests, a.command) + paired_markdown(paired))

@@ -219,6 +219,42 @@ def test_committed_cpu_experiment_renders():
     assert "diverse-b25-s0" in html and "exact McNemar" in html and "stratified" in html
 
 
+def test_experiment_scores_apart_from_rates_and_paired_over_seeds(tmp_path: Path):
+    """A summary with a log-odds score next to rates: the score is a table column, never a bar in
+    the refusal chart, and the paired-over-seeds results come with a finding naming the detectable
+    difference."""
+    cell = lambda m, lo, hi: {"mean": m, "min": lo, "max": hi}  # noqa: E731
+    summary = {
+        "command": "make experiment RUN=t", "scores": ["harmful refusal score"],
+        "table": [
+            {"strategy": "none", "budget": 0, "seeds": 1, "harmful refused": cell(0.6, 0.6, 0.6),
+             "harmful P(refusal)": cell(0.15, 0.15, 0.15), "harmful refusal score": cell(-2.09, -2.09, -2.09)},
+            {"strategy": "random", "budget": 8, "seeds": 5, "harmful refused": cell(0.7, 0.7, 0.7),
+             "seeds_with": {"harmful refused": 1},
+             "harmful P(refusal)": cell(0.17, 0.16, 0.18), "harmful refusal score": cell(-1.91, -1.98, -1.85)},
+        ],
+        "paired_over_seeds": [
+            {"arm": "diverse", "vs": "random", "budget": 8, "metric": "harmful refusal score", "seeds": [0, 1, 2],
+             "n_seeds": 3, "mean_arm": -1.9, "mean_vs": -1.95, "diff_mean": 0.05, "diff_sd": 0.04,
+             "p_t": 0.2, "p_wilcoxon": 0.25, "p_sign": 0.25, "mdd_80": 0.123},
+            {"arm": "diverse_contrast", "vs": "diverse", "budget": 8, "metric": "harmful refusal score",
+             "seeds": [0], "n_seeds": 1, "mean_arm": -1.9, "mean_vs": -1.95, "diff_mean": 0.05, "diff_sd": None,
+             "p_t": None, "p_wilcoxon": 1.0, "p_sign": 1.0, "mdd_80": None},
+        ],
+        "arms": {},
+    }
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    html = report_html(load_inputs([str(path)]))
+    assert charts_of(html) == ["experiment"]
+    chart = html.split('data-chart="experiment"', 1)[1].split("</figure>", 1)[0]
+    assert "harmful P(refusal)" in chart and "harmful refusal score" not in chart
+    assert "-1.91" in html and "[1 of 5 seeds]" in html  # the score as log-odds, the partial rate marked
+    assert "Paired over seeds" in html and "+0.05 (0.04)" in html and "0.12" in html
+    assert "diverse_contrast" not in html.split("Paired over seeds", 1)[1].split("</table>", 1)[0]  # one seed
+    assert "the smallest difference this design detects (80 % power) is 0.123 log-odds" in html
+
+
 def test_plan_lists_inputs_and_sections(inputs):
     loaded = load_inputs([str(inputs[k]) for k in ("pool", "picks", "base", "now")])
     lines = plan(loaded, ReportOptions())

@@ -768,14 +768,18 @@ def _experiment_section(inputs, chart, findings) -> list[dict[str, Any]]:
     for inp in (i for i in inputs if i.kind == "experiment"):
         d = inp.data
         rows = d.get("table") or []
-        metrics = [k for k in (rows[0] if rows else {}) if isinstance(rows[0][k], dict) and "mean" in rows[0][k]]
+        metrics = list(dict.fromkeys(k for r in rows for k in r if isinstance(r[k], dict) and "mean" in r[k]))
+        # summary.json names its log-odds metrics; everything else is a rate in [0, 1]
+        scores = [m for m in metrics if m in set(d.get("scores") or ())]
+        rates = [m for m in metrics if m not in scores]
         labels = [f"{r['strategy']}" + (f" · {r['budget']}" if r.get("budget") else "") for r in rows]
         series, errors = [], []
-        for m in metrics:
+        for m in rates:
             series.append((m, [r[m]["mean"] if m in r else None for r in rows]))
             errors.append([(r[m]["min"], r[m]["max"]) if m in r and r.get("seeds", 1) > 1 else None for r in rows])
-        item = {"name": inp.name, "command": d.get("command"), "metrics": metrics, "rows": rows,
-                "mcnemar": d.get("mcnemar_vs_random") or [], "chart": None}
+        paired = [p for p in d.get("paired_over_seeds") or [] if p.get("n_seeds", 0) > 1]
+        item = {"name": inp.name, "command": d.get("command"), "metrics": rates, "scores": scores, "rows": rows,
+                "mcnemar": d.get("mcnemar_vs_random") or [], "paired": paired, "chart": None}
         if series:
             item["chart"] = chart("experiment", f"Experiment arms ({inp.name})",
                                   _charts().grouped_bars(labels, series, title="refused, mean over seeds "
@@ -783,6 +787,14 @@ def _experiment_section(inputs, chart, findings) -> list[dict[str, Any]]:
                                                          horizontal=True),
                                   "Each arm: strategy · budget (safety rows mixed in). 'aligned' is the model "
                                   "before fine-tuning, 'none' the benign-only fine-tune.")
+        for p in paired:
+            if p["metric"] in ("harmful refusal score", "harmful P(refusal)") and p.get("mdd_80") is not None:
+                k, unit = (100, " points") if p["metric"] not in scores else (1, " log-odds")
+                findings.append(
+                    f"Experiment {inp.name}: {p['arm']} minus {p['vs']} at budget {p['budget']}, {p['metric']}, "
+                    f"paired over {p['n_seeds']} seeds: {k * p['diff_mean']:+.3g}{unit} (paired t p = "
+                    f"{_num(p.get('p_t'))}); the smallest difference this design detects (80 % power) is "
+                    f"{k * p['mdd_80']:.3g}{unit}.")
         sig = [m for m in item["mcnemar"] if m.get("p") is not None and m["p"] < 0.05]
         if item["mcnemar"]:
             findings.append(f"Experiment {inp.name}: {len(sig)} of {len(item['mcnemar'])} paired arm-vs-random "
