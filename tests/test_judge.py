@@ -13,6 +13,7 @@ from conftest import cli, shared_dataset
 from tiny_models import build_tiny_classifier
 
 from safesample import judge as stage
+from safesample.judge import summary as judge_summary
 from safesample.errors import DataError, UsageError
 from safesample.tables import get_provenance
 
@@ -88,7 +89,7 @@ def test_summary_rates_overall_and_by_category():
                 ["a", "a", "b", "c", "c", "b"],
                 styles=["full_refusal", "compliance", "partial_refusal", "full_refusal", "compliance", None],
                 harmful=[False, True, False, False, False, None], reward=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-    s = stage.summarize(t, "category")
+    s = judge_summary.summarize(t, "category")
     o = s["overall"]
     assert (o["n"], o["n_benign"], o["n_not_benign"]) == (6, 2, 4)
     assert o["refusal_rate"] == pytest.approx(2 / 3)  # the null verdict is not counted
@@ -111,7 +112,7 @@ def test_compare_pairs_on_id_with_transitions_cis_and_mcnemar():
     order = list(reversed(range(n)))  # rows in another order: pairing is by id, not position
     now = _judged([now_ref[i] for i in order], [groups[i] for i in order], [cats[i] for i in order],
                   ids=[f"r{i}" for i in order])
-    result = stage.compare(now, base, "category", n_boot=500, seed=1)
+    result = judge_summary.compare(now, base, "category", n_boot=500, seed=1)
     assert result["paired"] == n
     r = result["metrics"]["refusal_rate"]
     assert r["overall"]["delta"] == pytest.approx(10 / 30)
@@ -121,24 +122,24 @@ def test_compare_pairs_on_id_with_transitions_cis_and_mcnemar():
     t = result["transitions"]["not_benign"]
     assert (t["complied->refused"], t["complied->complied"], t["refused->complied"]) == (10, 20, 0)
     assert t["mcnemar_p"] == pytest.approx(2 / 2 ** 10)
-    assert stage.compare(now, base, "category", n_boot=500, seed=1) == result  # seeded
+    assert judge_summary.compare(now, base, "category", n_boot=500, seed=1) == result  # seeded
     with pytest.raises(DataError, match="no row id"):
-        stage.compare(now, _judged([True], ["harmful"], ["a"], ids=["zzz"]), "category")
+        judge_summary.compare(now, _judged([True], ["harmful"], ["a"], ids=["zzz"]), "category")
 
 
 def test_gates_are_validated_early_and_checked_against_the_summary():
-    gates = stage.parse_gates(["refusal_rate=0.5"], ["over_refusal_rate=0.1"], ["rules"], comparing=False)
+    gates = judge_summary.parse_gates(["refusal_rate=0.5"], ["over_refusal_rate=0.1"], ["rules"], comparing=False)
     summary = {"overall": {"refusal_rate": 0.6, "over_refusal_rate": 0.2}}
-    results = stage.check_gates(summary, gates)
+    results = judge_summary.check_gates(summary, gates)
     assert [r["passed"] for r in results] == [True, False]
     with pytest.raises(UsageError, match="unknown metric 'refusal'"):
-        stage.parse_gates(["refusal=0.5"], [], ["rules"], False)
+        judge_summary.parse_gates(["refusal=0.5"], [], ["rules"], False)
     with pytest.raises(UsageError, match="needs a guard scorer"):
-        stage.parse_gates([], ["harmful_response_rate=0.1"], ["rules"], False)
+        judge_summary.parse_gates([], ["harmful_response_rate=0.1"], ["rules"], False)
     with pytest.raises(UsageError, match="needs --compare"):
-        stage.parse_gates(["delta_refusal_rate=-0.05"], [], ["rules"], False)
+        judge_summary.parse_gates(["delta_refusal_rate=-0.05"], [], ["rules"], False)
     with pytest.raises(UsageError, match="not METRIC=VALUE"):
-        stage.parse_gates(["refusal_rate>0.5"], [], ["rules"], False)
+        judge_summary.parse_gates(["refusal_rate>0.5"], [], ["rules"], False)
 
 
 # ---- engines: a fake vLLM at its boundary, a fake guard, the real rules ----------------------------
@@ -208,7 +209,7 @@ def test_guard_verdicts_combine_with_rules_and_count_parse_failures():
     # Where the guard could not answer, the rules' verdict stands in.
     assert cols["refusal"] == [True, False, cols["rules_refusal"][2], None]
     table = stage.assemble(pa.table({"id": ["1", "2", "3", "4"], "prompt": prompts}), cols)
-    s = stage.summarize(table, None, ["wildguard"])
+    s = judge_summary.summarize(table, None, ["wildguard"])
     assert s["overall"]["parse_failures"] == 1 and s["overall"]["empty_responses"] == 1
     assert s["overall"]["harmful_response_rate"] == pytest.approx(0.5)
 

@@ -153,7 +153,9 @@ def test_judge_table_scores_without_generating_and_summarises(tiny_llama: Path, 
     assert overall["mean_refusal_score"] == pytest.approx(np.mean(scores[:3]))
     assert overall["over_refusal_score"] == pytest.approx(np.mean(scores[3:]))
     assert result.summary["by_category"]["crime"]["mean_refusal_score"] == pytest.approx(np.mean([scores[0], scores[2]]))
-    header, rows = judge.summary_rows(result.summary)
+    from safesample.judge.summary import summary_rows
+
+    header, rows = summary_rows(result.summary)
     assert "refusal score" in header
     again = judge.judge_table(table, opts).table.column("refusal_score").to_pylist()  # from the cache
     fresh = judge.judge_table(table, judge.JudgeOptions(**{**opts.__dict__, "cache": False}))

@@ -71,7 +71,7 @@ def build_inputs(folder: Path) -> dict[str, Path]:
                 "compare": str(paths["base"]) if key == "now" else None}
         write_table(t, str(paths[key]), provenance_entry("judge", args, seed=0, models={"model": model},
                                                         argv=["judge", "eval.jsonl", "--model", model]))
-    from safesample import judge
+    from safesample.judge import summary as judge
 
     summary = {"input": "eval.jsonl", "model": "other-model", "scorers": ["rules"],
                **judge.summarize(_read(paths["now"]), "category")}
@@ -177,7 +177,7 @@ def test_summary_json_of_a_judged_table_given_too_is_not_a_second_run(inputs):
 
 
 def test_summary_json_alone_renders_its_compare(inputs):
-    from safesample import judge
+    from safesample.judge import summary as judge
 
     data = json.loads(inputs["summary"].read_text())
     data["compare"] = {"base": "judged.base.parquet",

@@ -168,7 +168,9 @@ def command(
     _render(report)
     if opts.gold:
         gold_cli.finish(result.table, result.calibration, disagreements)
-    failure = stage.gate_failure(report)
+    from safesample.judge.summary import gate_failure
+
+    failure = gate_failure(report)
     if failure is not None:
         raise failure
 
@@ -176,7 +178,7 @@ def command(
 def _render(report: dict[str, Any]) -> None:
     """The summary (and comparison) tables on stderr; nothing with -q."""
     from safesample import console
-    from safesample.judge import compare_rows, summary_lines, summary_rows
+    from safesample.judge.summary import compare_rows, summary_lines, summary_rows
 
     header, rows = summary_rows(report)
     console.table("judge summary (refused: among prompts not flagged benign)", header, rows, total_last=True)

@@ -550,15 +550,15 @@ def _args(inp: ReportInput) -> dict[str, Any]:
 
 
 def _judge_runs(inputs, options) -> list[_Run]:
-    from safesample import judge as stage
+    from safesample.judge import summary as judge_summary
 
     runs: list[_Run] = []
     for inp in inputs:
         if inp.kind == "judge":
             args = _args(inp)
             cat = args.get("category_col") or options.category_col
-            guards = [s for s in (args.get("scorers") or []) if s in stage.GUARDS]
-            summary = stage.summarize(inp.table, cat if cat in inp.table.column_names else None, guards)
+            guards = [s for s in (args.get("scorers") or []) if s in judge_summary.GUARDS]
+            summary = judge_summary.summarize(inp.table, cat if cat in inp.table.column_names else None, guards)
             runs.append(_Run(inp.name, args.get("model"), summary, inp.table, inp, args.get("input")))
     for inp in inputs:
         if inp.kind == "judge_summary":
@@ -592,7 +592,7 @@ def _judge_section(inputs, options, chart, findings, reporter) -> dict[str, Any]
     runs = _judge_runs(inputs, options)
     if not runs:
         return None
-    from safesample import judge as stage
+    from safesample.judge import summary as judge_summary
 
     out: dict[str, Any] = {"runs": [], "charts": [], "comparisons": []}
     for r in runs:
@@ -651,7 +651,7 @@ def _judge_section(inputs, options, chart, findings, reporter) -> dict[str, Any]
             cat = _args(r.inp).get("category_col") or options.category_col
             cat = cat if cat in r.table.column_names else None
             try:
-                cmp = stage.compare(r.table, base.table, cat, n_boot=options.bootstrap, seed=options.seed)
+                cmp = judge_summary.compare(r.table, base.table, cat, n_boot=options.bootstrap, seed=options.seed)
             except DataError as exc:
                 reporter.warn(f"report: {r.name} cannot be compared with {base.name}: {exc.message}")
                 continue
