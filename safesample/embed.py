@@ -176,6 +176,42 @@ def cache_for(settings: dict[str, str], enabled: bool = True) -> Cache:
     return Cache(CACHE_NAMESPACE, settings_key(**settings), enabled=enabled)
 
 
+class CachedEncoder:
+    """An encoder (`.encode(texts)`, `.name`) over the embedding cache `embed` fills: vectors of
+    texts embedded before, by `embed` or here, come from the cache, and the model loads only for
+    the rest. What the learned refusal judge hands its features, so re-judging the same responses
+    (or judging responses already embedded) costs no model time."""
+
+    def __init__(self, model: str | None = None, backend: str = "auto", *, enabled: bool = True,
+                 reporter: Reporter = SILENT):
+        from safesample.backends.embedding import DEFAULT_BATCH_SIZE, choose_backend, resolve_model
+
+        self._ref = resolve_model(model)
+        self._backend = choose_backend(backend, self._ref, reporter=reporter)
+        self._batch_size = DEFAULT_BATCH_SIZE
+        self._enabled, self._reporter = enabled, reporter
+        self._encoder: "Encoder | None" = None
+        self.name = self._ref.name
+        self.stats = EmbedStats()
+
+    def _load(self) -> "Encoder":
+        if self._encoder is None:
+            from safesample.backends.embedding import load_encoder
+
+            self._encoder = load_encoder(self._ref, self._backend, self._batch_size, reporter=self._reporter)
+        return self._encoder
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model had to be loaded (some text was not cached)."""
+        return self._encoder is not None
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> "np.ndarray":
+        with cache_for(self._ref.settings(self._backend), enabled=self._enabled) as cache:
+            return embed_texts(texts, self._load, cache, batch_size=batch_size or self._batch_size,
+                               stats=self.stats)
+
+
 def count_cached(texts: Sequence[str], cache: Cache) -> tuple[int, int]:
     """(distinct texts, how many of them are cached), without loading a model."""
     unique = list(dict.fromkeys(texts))

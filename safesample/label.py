@@ -282,10 +282,12 @@ def _label(table: "pa.Table", opts: LabelOptions, engine_for, reporter: Reporter
         backend = "rules"
     elif opts.judge == "learned":
         from safesample.backends.learned_judge import load
+        from safesample.embed import CachedEncoder
 
         learned = load()
         backend = learned.name
-        styles = learned.classify(responses, reporter=reporter)
+        styles = learned.classify(responses, encoder=CachedEncoder(enabled=opts.cache, reporter=reporter),
+                                  reporter=reporter)
         refusal = [is_refusal(s) for s in styles]
     else:
         from safesample.guards import judge_pairs

@@ -394,3 +394,26 @@ def test_bad_input_fails_with_hint_exit_code_and_no_output(case: str, tmp_path: 
     assert lines[0].startswith("error: ") and text in proc.stderr, proc.stderr
     assert any(line.startswith("hint: ") for line in lines), proc.stderr
     assert no_output_left(outdir) == []
+
+
+def test_cached_encoder_serves_known_texts_without_loading_the_model(tmp_path: Path, monkeypatch):
+    """The learned judge's encoder: the first pass loads the model and fills the embedding cache;
+    a second encoder over the same texts (another judge run) never loads it and returns the same
+    vectors, the ones the plain encoder gives. With the cache off it loads again."""
+    from safesample.backends.embedding import load_encoder
+    from safesample.judge import score_learned
+
+    monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path / "cache"))
+    texts = ["I can't help with that.", "Sure, here is a poem about rain.", "I can't help with that."]
+    first = embed.CachedEncoder()
+    v1 = first.encode(texts)
+    assert first.loaded and first.stats.embedded == 2 and first.stats.cached == 0
+    second = embed.CachedEncoder()
+    v2 = second.encode(texts)
+    assert not second.loaded and second.stats.cached == 2
+    assert np.array_equal(v1, v2) and np.array_equal(v1, load_encoder().encode(texts))
+    off = embed.CachedEncoder(enabled=False)
+    off.encode(texts[:1])
+    assert off.loaded
+    styles = score_learned(texts)["learned_refusal_style"]  # every response cached: same verdicts
+    assert styles[0] == styles[2] == "full_refusal" and styles[1] == "compliance"

@@ -79,7 +79,7 @@ class LearnedJudge:
         out: list[str | None] = [None] * len(texts)
         if not rows:
             return out
-        reporter.info(f"learned judge: embedding {len(rows)} responses")
+        reporter.info(f"learned judge: {len(rows)} responses")
         x, _ = features([texts[i] for i in rows], encoder)
         if x.shape[1] != self.coef.shape[1]:
             raise ModelError(f"the learned judge expects {self.coef.shape[1]} features, the encoder gives "

@@ -272,7 +272,7 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
         if name == "rules":
             columns.update(score_rules(responses))
         elif name == "learned":
-            columns.update(score_learned(responses, reporter))
+            columns.update(score_learned(responses, reporter, cache=opts.cache))
         elif name in GUARDS:
             with load_engine(opts.judge_model, max_new_tokens=64, reporter=reporter,
                              **engine_settings(opts)) as guard, \
@@ -464,11 +464,15 @@ def score_rules(responses: Sequence[str | None], classify: Callable | None = Non
             "rules_refusal": [None if s is None else s != "compliance" for s in styles]}
 
 
-def score_learned(responses: Sequence[str | None], reporter: Reporter = SILENT) -> dict[str, list]:
-    """The learned refusal judge (`safesample.backends.learned_judge`): a style and a yes/no."""
+def score_learned(responses: Sequence[str | None], reporter: Reporter = SILENT, *,
+                  cache: bool = True) -> dict[str, list]:
+    """The learned refusal judge (`safesample.backends.learned_judge`): a style and a yes/no. Its
+    response embeddings go through the embedding cache (`embed.CachedEncoder`)."""
     from safesample.backends.learned_judge import load
+    from safesample.embed import CachedEncoder
 
-    styles = load().classify(list(responses), reporter=reporter)
+    encoder = CachedEncoder(enabled=cache, reporter=reporter)
+    styles = load().classify(list(responses), encoder=encoder, reporter=reporter)
     return {"learned_refusal_style": styles,
             "learned_refusal": [None if s is None else s != "compliance" for s in styles]}
 
