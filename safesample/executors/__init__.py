@@ -1,8 +1,8 @@
 """Where a stage's per-row work runs: `local` (the whole table in this process) or `ray` (Ray
 Data `map_batches` over a cluster, `ray.data.llm` for vLLM generation on GPUs).
 
-Both call the same `<stage>_table(table, options, *, reporter, ...)` functions the CLI calls: the
-local executor on the whole table, the Ray executor on each batch. The executors never import a
+Both run the same `<stage>_table(table, options, *, reporter, ...)` functions: locally the CLI
+calls it on the whole table itself (no wrapper needed), the Ray executor on each batch. The executors never import a
 stage (they sit below the stages): the caller hands the stage function in, and Ray ships it to
 the workers by reference.
 """
