@@ -140,6 +140,30 @@ def test_weighted_allocation_follows_the_weights_when_nothing_is_capped(total: i
     assert (np.abs(alloc - share) < 1 + 1e-9).all()
 
 
+def test_small_budget_spreads_behaviors_over_different_categories():
+    """8 rows over 2 behaviors x 13 categories: each behavior's 4 go to categories the other left
+    out (the largest first), so the quotas cover 8 categories, not the 4 largest twice."""
+    caps = np.array([[30, 25, 20, 18, 15, 12, 10, 9, 8, 7, 6, 5, 4],
+                     [28, 26, 19, 17, 14, 13, 11, 9, 8, 7, 6, 5, 4]])
+    quotas = sel.allocate_nested(8, caps, [1.0, 1.0])
+    assert quotas.sum(axis=1).tolist() == [4, 4] and quotas.max() == 1
+    assert (quotas.sum(axis=0) > 0).sum() == 8
+    assert np.flatnonzero(quotas[0]).tolist() == [0, 1, 2, 3]  # the largest, for the first behavior
+    assert np.flatnonzero(quotas[1]).tolist() == [4, 5, 6, 7]  # the next largest for the second
+    # a budget that reaches every category is split as before: each behavior covers all of them
+    wide = sel.allocate_nested(26, caps, [1.0, 1.0])
+    assert (wide == 1).all()
+
+
+@given(total=st.integers(0, 120), caps=st.lists(st.lists(st.integers(0, 20), min_size=5, max_size=5),
+                                                  min_size=1, max_size=3))
+@settings(max_examples=150, deadline=None)
+def test_nested_allocation_stays_exact_and_capped(total: int, caps: list[list[int]]):
+    c = np.array(caps)
+    quotas = sel.allocate_nested(total, c, [1.0] * len(caps))
+    assert quotas.sum() == min(total, int(c.sum())) and (quotas <= c).all() and (quotas >= 0).all()
+
+
 # ---- selection properties -------------------------------------------------------------------------
 
 

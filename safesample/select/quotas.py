@@ -13,14 +13,17 @@ if TYPE_CHECKING:
 Pick = tuple[int, str]  # (position, reason)
 
 
-def allocate(total: int, caps: Sequence[int] | np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+def allocate(total: int, caps: Sequence[int] | np.ndarray, weights: Sequence[float] | None = None,
+             taken_elsewhere: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Split `total` units over groups in proportion to `weights`, none above its cap.
 
     Water-filling: a group that cannot take its share gives all it has and the rest is shared
-    among the others; integer shares by largest remainder, ties to the group with more room,
-    then the earlier group. Returns at most sum(caps) units in all.
+    among the others; integer shares by largest remainder, ties to the group that has had fewer
+    units elsewhere (`taken_elsewhere`: the same category under another behavior), then to the one
+    with more room, then the earlier group. Returns at most sum(caps) units in all.
     """
     caps = np.asarray(caps, dtype=np.int64)
+    elsewhere = np.zeros(len(caps)) if taken_elsewhere is None else np.asarray(taken_elsewhere, dtype=float)
     w = np.ones(len(caps)) if weights is None else np.asarray(weights, dtype=float)
     alloc = np.zeros(len(caps), dtype=np.int64)
     active = (caps > 0) & (w > 0)
@@ -39,7 +42,7 @@ def allocate(total: int, caps: Sequence[int] | np.ndarray, weights: Sequence[flo
         alloc[ids] += base
         left = remaining - int(base.sum())
         frac = np.round(share - base, 9)
-        order = sorted(range(len(ids)), key=lambda i: (-frac[i], -room[i], ids[i]))
+        order = sorted(range(len(ids)), key=lambda i: (-frac[i], elsewhere[ids[i]], -room[i], ids[i]))
         for i in order[:left]:
             alloc[ids[i]] += 1
         remaining = 0
@@ -47,10 +50,18 @@ def allocate(total: int, caps: Sequence[int] | np.ndarray, weights: Sequence[flo
 
 
 def allocate_nested(total: int, caps: np.ndarray, weights: Sequence[float]) -> np.ndarray:
-    """Quotas over behavior x category: behaviors by weight, then categories equally."""
+    """Quotas over behavior x category: behaviors by weight, then categories equally. When a
+    behavior's share is smaller than its categories, its odd units go first to categories the
+    earlier behaviors left out, so a small budget covers as many categories as it can (8 rows over
+    2 behaviors x 13 categories: 8 categories, not the 4 largest twice)."""
+    if not len(caps):
+        return np.zeros_like(caps)
     per_behavior = allocate(total, caps.sum(axis=1), weights)
-    return np.stack([allocate(int(n), caps[b]) for b, n in enumerate(per_behavior)]) \
-        if len(caps) else np.zeros_like(caps)
+    rows, covered = [], np.zeros(caps.shape[1], dtype=np.int64)
+    for b, n in enumerate(per_behavior):
+        rows.append(allocate(int(n), caps[b], taken_elsewhere=covered))
+        covered += rows[-1]
+    return np.stack(rows)
 
 
 def group_caps(pool: Pool) -> np.ndarray:
