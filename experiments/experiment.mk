@@ -21,16 +21,18 @@ RUN ?= cpu
 # --- the second evidence run (issue 14): a model aligned by its makers, the paper's protocol ----
 #   make experiment-models && make experiment RUN=qwen
 # Qwen2.5-Coder-0.5B-Instruct (named model from PyPI chunks), no stage 1 (ALIGN=none: its makers'
-# alignment is what benign fine-tuning erodes). Budget 4 of 160 benign rows (2.5 %: the paper's
-# 0.25-1 % is a fraction of one row here). Eval: refusal_score (forward passes) on every prompt of
-# eval.parquet (>= 300 harmful incl. AdvBench, XSTest safe, Alpaca-Eval) into $(R)/scored/; greedy
-# generation judged by the rules on the GEN_SHARE part of it (eval_gen.parquet) into $(R)/judged/.
-# Arms seed by seed: none; random, diverse, diverse+contrast (strategy `diverse_contrast`: select
-# --strategy diverse --contrast CONTRAST) x seeds 0-4. Estimated on 2 free cores: ~7 min training
-# (21 steps x ~20 s) + ~3 min scoring 430 prompts (measured: 80 in 77 s on a shared CPU) + ~3 min
-# generating 86 x 32 tokens per arm; 16 arms + the base: ~3.5-4 h. The refusal score is validated
-# in experiments/REFUSAL_SCORE.md (AUC 0.974 held out). Every value can be overridden on the
-# command line; confirm BENIGN_N / lr with the pilot first (issue 14, step 2).
+# alignment is what benign fine-tuning erodes). Budget 8 safety rows on 160 benign (4.8 % of the
+# mix): the pilot (results/qwen/pilot/) found 4 rows (2.5 %) restore nothing on the score, 8 rows
+# a little; the paper's 0.25-1 % is a fraction of one row at this size. Eval: refusal_score
+# (forward passes) on every prompt of eval.parquet (300 harmful incl. AdvBench, 100 XSTest safe,
+# 30 Alpaca-Eval) into $(R)/scored/; greedy generation judged by the rules on its 20 % part
+# (eval_gen.parquet) into $(R)/judged/, for the GEN_SEEDS arms only (generating costs as much as
+# scoring). Arms seed by seed: none; random, diverse, diverse+contrast (strategy
+# `diverse_contrast`: select --strategy diverse --contrast CONTRAST) x seeds 0-4. Measured on 2
+# cores: ~6.5 min training (21 steps x ~18 s) + ~3 min scoring 430 prompts, + ~2.5 min generating
+# 86 x 32 tokens on a GEN_SEEDS arm: 15 arms + the base ~2.6 h. The refusal score is validated in
+# experiments/REFUSAL_SCORE.md (AUC 0.974 held out). Every value can be overridden on the command
+# line.
 ifeq ($(RUN),qwen)
 MODEL ?= qwen2.5-coder-0.5b
 ALIGN ?= none
@@ -39,7 +41,7 @@ HARMFUL_N ?= 300
 SAFE_N ?= 100
 HELPFUL_N ?= 30
 PREPARE_ARGS ?= --advbench --gen-share 0.2
-BUDGETS ?= 4
+BUDGETS ?= 8
 RANDOM_SEEDS ?= 0 1 2 3 4
 SEEDS ?= 0 1 2 3 4
 STRATEGIES ?= diverse diverse_contrast
