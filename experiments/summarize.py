@@ -139,6 +139,14 @@ def arm_metrics(df: pd.DataFrame | None, scored: pd.DataFrame | None = None) -> 
     if source is not None and "refusal_score" in source:
         out.update({name: float(source.loc[sel(source), "refusal_score"].mean())
                     for name, sel in SCORE_GROUPS.items()})
+        if source is scored and df is not None and "refusal" in df:
+            # does the score still rank this arm's generated refusals? (validated on the base model)
+            from safesample.backends.refusal_score import roc_auc
+
+            verdict, score = df["refusal"].align(scored["refusal_score"], join="inner")
+            auc = roc_auc(score.astype(float).tolist(), verdict.astype(bool).tolist())
+            if auc is not None:
+                out["score AUC vs generated"] = auc
         probability = 1 / (1 + np.exp(-source["refusal_score"].astype(float)))
         out.update({name: float(probability[sel(source)].mean()) for name, sel in PROBABILITY_GROUPS.items()
                     if sel(source).any()})
@@ -192,6 +200,12 @@ def paired_over_seeds(per_arm: dict, arms: dict, pairs: list[tuple[str, str]],
                                             for sd in seeds]
                 results.append(row)
     return results
+
+
+def arm_name(key: tuple[str, int, int]) -> str:
+    """The file stem of an arm: `none`, `aligned`, or `<strategy>-b<budget>-s<seed>`."""
+    strategy, budget, seed = key
+    return strategy if strategy in ("none", "aligned") else f"{strategy}-b{budget}-s{seed}"
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
@@ -286,9 +300,9 @@ def main() -> None:
 
     paired = paired_over_seeds(per_arm, arms, parse_pairs(a.pairs), scored)
     summary = {"command": a.command, "scores": list(SCORE_GROUPS), "table": rows, "mcnemar_vs_random": tests, "paired_over_seeds": paired,
-               "arms": {f"{k[0]}-b{k[1]}-s{k[2]}": v for k, v in per_arm.items()}}
+               "arms": {arm_name(k): v for k, v in per_arm.items()}}
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (a.out / "summary.md").write_text(markdown(rows, tests, a.command) + paired_markdown(paired))
+    (a.out / "summary.md").write_text(markdown(rows, tests, a.command, summary["arms"]) + paired_markdown(paired))
     plots(rows, arms, a.out, scored)
     print((a.out / "summary.md").read_text())
 
@@ -340,7 +354,7 @@ def fmt(cell: dict, rate: bool = True) -> str:
     return f"{100 * cell['mean']:.1f} % ({100 * cell['min']:.1f}–{100 * cell['max']:.1f})"
 
 
-def markdown(rows: list[dict], tests: list[dict], command: str) -> str:
+def markdown(rows: list[dict], tests: list[dict], command: str, arms: dict | None = None) -> str:
     columns = [g for g in (*GROUPS, *SCORE_METRICS) if any(g in r for r in rows)]
     lines = [f"Produced by `{command}`. Mean over seeds, (min–max) when there are several.", "",
              "| strategy | budget | seeds | " + " | ".join(columns) + " | categories / clusters picked |",
@@ -360,6 +374,11 @@ def markdown(rows: list[dict], tests: list[dict], command: str) -> str:
             same = "-" if t["same_response"] is None else f"{100 * t['same_response']:.0f} %"
             lines.append(f"| {t['arm']} | {t['vs']} | {t['refused_only_by_arm']} | "
                          f"{t['refused_only_by_random']} | {t['difference_points']:+.1f} | {t['p']:.3f} | {same} |")
+    aucs = {arm: m["score AUC vs generated"] for arm, m in (arms or {}).items() if "score AUC vs generated" in m}
+    if aucs:
+        lines += ["", "The refusal score against the generated answers' refusal verdicts on the same prompts "
+                  "(AUC; validated on the base model, checked here on each arm that has both): "
+                  + ", ".join(f"{arm} {auc:.3f}" for arm, auc in aucs.items()) + "."]
     lines += ["", "Harmful-response rate is not measured: the rules judge tells refusals, not whether an "
               "answer is harmful; score with a guard model (`--scorer wildguard --judge-model ...` in JUDGE_ARGS) where one is "
               "at hand."]

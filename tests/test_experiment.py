@@ -220,6 +220,10 @@ def test_summarize_scored_only_arms_and_sampling_refusal_probability(tmp_path: P
     assert abs(arms["random-b8-s0"]["harmful P(refusal)"] - (0.5 + 0.75) / 2) < 1e-12
     assert abs(arms["random-b8-s0"]["XSTest P(refusal)"] - 0.25) < 1e-12
     assert "harmful refused" in arms["random-b8-s0"] and "harmful refused" not in arms["random-b8-s1"]
+    # the score against seed 0's generated verdicts: the one refusal (score 0) beats 4 of the 7 others
+    # (the -log 3 ones) and ties one (p2, score 0): AUC (4 + 0.5) / 7
+    assert abs(arms["random-b8-s0"]["score AUC vs generated"] - 4.5 / 7) < 1e-12
+    assert "score AUC vs generated" not in arms["random-b8-s1"]
     paired = {(p["arm"], p["vs"], p["metric"]): p for p in summary["paired_over_seeds"]}
     assert paired[("diverse", "random", "harmful refusal score")]["seeds"] == [0, 1]
     assert abs(paired[("diverse", "random", "harmful refusal score")]["diff_mean"] - 0.5) < 1e-12
