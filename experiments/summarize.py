@@ -304,6 +304,7 @@ def main() -> None:
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     (a.out / "summary.md").write_text(markdown(rows, tests, a.command, summary["arms"]) + paired_markdown(paired))
     plots(rows, arms, a.out, scored)
+    paired_plot(paired, per_arm, a.out)
     print((a.out / "summary.md").read_text())
 
 
@@ -449,6 +450,38 @@ def plots(rows: list[dict], arms: dict, out: Path, scored: dict | None = None) -
     plt.tight_layout()
     plt.savefig(out / "per_category.png", dpi=110)
     plt.close()
+
+
+def paired_plot(paired: list[dict], per_arm: dict, out: Path) -> None:
+    """Per seed, arm minus vs on the harmful refusal score, with the mean and the smallest
+    difference the design detects (+-MDD around zero): the verdict in one picture."""
+    shown = [r for r in paired if r["metric"] == "harmful refusal score" and r["n_seeds"] > 1]
+    if not shown:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2.2 + 2.6 * len(shown), 4))
+    for i, r in enumerate(shown):
+        diffs = [per_arm[(r["arm"], r["budget"], s)][r["metric"]] - per_arm[(r["vs"], r["budget"], s)][r["metric"]]
+                 for s in r["seeds"]]
+        ax.scatter([i] * len(diffs), diffs, color="tab:blue", zorder=3)
+        for s, d in zip(r["seeds"], diffs):
+            ax.annotate(f"s{s}", (i, d), xytext=(6, 0), textcoords="offset points", fontsize=7, va="center")
+        ax.plot([i - 0.25, i + 0.25], [r["diff_mean"]] * 2, color="black", lw=2)
+        if r["mdd_80"]:
+            ax.fill_between([i - 0.3, i + 0.3], -r["mdd_80"], r["mdd_80"], color="grey", alpha=0.2, lw=0)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(shown)), [f"{r['arm']}\n- {r['vs']}\n(budget {r['budget']})" for r in shown], fontsize=8)
+    ax.set_xlim(-0.6, len(shown) - 0.4)
+    ax.set_ylabel("harmful refusal score, difference (log-odds)")
+    ax.set_title("Paired by seed: dots = seeds, bar = mean,\ngrey = smaller than the design detects (80 % power)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "paired_by_seed.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -238,3 +238,4 @@ def test_summarize_scored_only_arms_and_sampling_refusal_probability(tmp_path: P
     # P(refusal) is a rate in points; the generated rate covers one of the two seeds, and says so
     assert "| random | 8 | 2 | 25.0 % [1 of 2 seeds] |" in md and "71.8 % (62.5–81.1)" in md
     assert (out / "refusal_vs_budget.png").exists() and (out / "per_category.png").exists()
+    assert (out / "paired_by_seed.png").exists()  # two seeds paired on the harmful score
