@@ -219,6 +219,16 @@ def test_committed_cpu_experiment_renders():
     assert "diverse-b25-s0" in html and "exact McNemar" in html and "stratified" in html
 
 
+def test_committed_qwen_experiment_renders():
+    """The second evidence run: rates charted, log-odds scores in the table, the paired verdict."""
+    results = REPO / "results" / "qwen"
+    paths = [str(results / "summary.json")] + sorted(str(p) for p in (results / "selection").glob("*.json"))
+    html = report_html(load_inputs(paths))
+    assert charts_of(html)[-1] == "experiment"
+    assert "Paired over seeds" in html and "harmful refusal score" in html
+    assert "the smallest difference this design detects (80 % power)" in html
+
+
 def test_experiment_scores_apart_from_rates_and_paired_over_seeds(tmp_path: Path):
     """A summary with a log-odds score next to rates: the score is a table column, never a bar in
     the refusal chart, and the paired-over-seeds results come with a finding naming the detectable
