@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
+from prepare import benign_candidates  # experiments/ is this script's folder, first on sys.path
 
 
 def main() -> None:
@@ -25,11 +25,7 @@ def main() -> None:
                     "stage-2 benign set (prepare.py --benign-n): never a contrast row")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
-    alpaca = pd.read_parquet(a.shared / "alpaca_gpt4_demo" / "alpaca_gpt4_demo.parquet")
-    gpteacher = pd.read_parquet(a.shared / "gpteacher" / "gpteacher.parquet")
-    pool = pd.concat([gpteacher, alpaca.iloc[a.benign_n:]], ignore_index=True)
-    pool = pool[(pool["output"].str.len() < 800) & (pool["input"].fillna("") == "")]
-    pool = pool.drop_duplicates("instruction")
+    pool = benign_candidates(a.shared, a.benign_n).drop_duplicates("instruction")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     pool.to_parquet(a.out, index=False)
     print(f"contrast pool {a.out}: {len(pool)} benign tasks")

@@ -131,7 +131,7 @@ $(W)/picked/%.parquet: $(W)/pool.clustered.parquet | $(CONTRAST)
 	  --exclude $(W)/data/eval.parquet --report $(R)/selection/$*.json $(Q) -o $@
 
 # the qwen run's contrast pool (order-only above: a new pool does not redo picks already made)
-$(W)/data/contrast.parquet: experiments/contrast_pool.py
+$(W)/data/contrast.parquet: experiments/contrast_pool.py experiments/prepare.py
 	$(PY) experiments/contrast_pool.py --shared $(SHARED) --benign-n $(BENIGN_N) --out $@
 
 # --- stage 1: align the base model once ------------------------------------------------------

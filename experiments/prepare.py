@@ -38,6 +38,14 @@ def load(shared: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(shared / name / f"{name}.parquet")
 
 
+def benign_candidates(shared: Path, benign_n: int) -> pd.DataFrame:
+    """Short, input-free GPTeacher and Alpaca-GPT4 tasks outside the stage-2 benign set (the first
+    `benign_n` Alpaca rows): where stage-1 benign rows and the qwen run's contrast pool come from."""
+    alpaca = load(shared, "alpaca_gpt4_demo")
+    candidates = pd.concat([load(shared, "gpteacher"), alpaca.iloc[benign_n:]])
+    return candidates[(candidates["output"].str.len() < 800) & (candidates["input"].fillna("") == "")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, required=True, help="the shared/data folder")
@@ -67,8 +75,7 @@ def main() -> None:
     alpaca = load(a.shared, "alpaca_gpt4_demo")
     alpaca.iloc[: a.benign_n].to_parquet(a.out / "benign.parquet", index=False)
     # stage-1 benign rows never overlap the stage-2 benign set
-    candidates = pd.concat([load(a.shared, "gpteacher"), alpaca.iloc[a.benign_n:]])
-    candidates = candidates[(candidates["output"].str.len() < 800) & (candidates["input"].fillna("") == "")]
+    candidates = benign_candidates(a.shared, a.benign_n)
     lookalike = candidates["instruction"].str.contains(LOOKALIKE, case=False, regex=True)
     n_benign = a.align_n * 2 if a.align_benign_n is None else a.align_benign_n
     looks = candidates[lookalike].sample(frac=1.0, random_state=a.seed).head(n_benign)
