@@ -74,6 +74,11 @@ PROBABILITY_GROUPS = {"harmful P(refusal)": lambda d: d["label"] == "harmful",
                       "AlpacaEval P(refusal)": lambda d: d["category"] == "alpaca_eval"}
 SCORE_METRICS = {**PROBABILITY_GROUPS, **SCORE_GROUPS}
 RATES = (*GROUPS, *PROBABILITY_GROUPS)  # shown in points
+
+
+def refusal_probability(scores: pd.Series) -> pd.Series:
+    """P(the answer opens with a refusal) from the refusal score (its logit)."""
+    return 1 / (1 + np.exp(-scores.astype(float)))
 DEFAULT_PAIRS = "diverse:random,diverse_contrast:diverse"
 
 
@@ -147,7 +152,7 @@ def arm_metrics(df: pd.DataFrame | None, scored: pd.DataFrame | None = None) -> 
             auc = roc_auc(score.astype(float).tolist(), verdict.astype(bool).tolist())
             if auc is not None:
                 out["score AUC vs generated"] = auc
-        probability = 1 / (1 + np.exp(-source["refusal_score"].astype(float)))
+        probability = refusal_probability(source["refusal_score"])
         out.update({name: float(probability[sel(source)].mean()) for name, sel in PROBABILITY_GROUPS.items()
                     if sel(source).any()})
     return out
@@ -433,7 +438,7 @@ def plots(rows: list[dict], arms: dict, out: Path, scored: dict | None = None) -
     for (strategy, budget, seed), df in tables.items():
         if budget == top or strategy in ("none", "aligned"):
             h = df[df["label"] == "harmful"]
-            value = 1 / (1 + np.exp(-h["refusal_score"].astype(float))) if scored else h["refusal"]
+            value = refusal_probability(h["refusal_score"]) if scored else h["refusal"]
             series.setdefault(strategy, []).append(value.groupby(h["category"]).mean())
             sizes = h.groupby("category").size()
     order = ["aligned", "none"] + sorted(set(series) - {"aligned", "none"})

@@ -188,6 +188,7 @@ class CachedEncoder:
 
         self._ref = resolve_model(model)
         self._backend = choose_backend(backend, self._ref, reporter=reporter)
+        self._settings = self._ref.settings(self._backend)  # the cache scope: hashes the model files once
         self._batch_size = DEFAULT_BATCH_SIZE
         self._enabled, self._reporter = enabled, reporter
         self._encoder: "Encoder | None" = None
@@ -207,7 +208,7 @@ class CachedEncoder:
         return self._encoder is not None
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> "np.ndarray":
-        with cache_for(self._ref.settings(self._backend), enabled=self._enabled) as cache:
+        with cache_for(self._settings, enabled=self._enabled) as cache:
             return embed_texts(texts, self._load, cache, batch_size=batch_size or self._batch_size,
                                stats=self.stats)
 

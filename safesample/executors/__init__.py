@@ -2,9 +2,9 @@
 Data `map_batches` over a cluster, `ray.data.llm` for vLLM generation on GPUs).
 
 Both run the same `<stage>_table(table, options, *, reporter, ...)` functions: locally the CLI
-calls it on the whole table itself (no wrapper needed), the Ray executor on each batch. The executors never import a
-stage (they sit below the stages): the caller hands the stage function in, and Ray ships it to
-the workers by reference.
+calls it on the whole table itself (no wrapper needed), the Ray executor on each batch. The
+executors never import a stage (they sit below the stages): the caller hands the stage function
+in, and Ray ships it to the workers by reference.
 """
 
 from __future__ import annotations
