@@ -76,7 +76,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from safesample.backends.embedding import DEFAULT_BATCH_SIZE, choose_backend, load_encoder, resolve_model
-    from safesample.embed import embed_texts
+    from safesample.backends.embedding_cache import embed_texts
 
     texts, n_harmful = pool_texts(args.n)
     words = np.mean([len(t.split()) for t in texts])

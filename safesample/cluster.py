@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from safesample.embed import TextSpec
+    from safesample.texts import TextSpec
 
 ALGORITHMS = ("auto", "sklearn", "faiss")
 AUTO_K_MAX = 100
@@ -375,7 +375,7 @@ def reference_spec(ref_table: "pa.Table", reference_text: str | None, pool_spec)
     """What to embed of a reference without usable embeddings: --reference-text, else the text
     the pool was embedded from (when the reference has those columns), else instruction, else
     prompt."""
-    from safesample.embed import TextSpec
+    from safesample.texts import TextSpec
 
     if reference_text:
         return TextSpec(text=reference_text)
@@ -398,7 +398,8 @@ def reference_vectors(pool: "pa.Table", ref_table: "pa.Table", options: "Cluster
 
     Returns (vectors, or None when `embed_now` is false and they would have to be embedded; a note
     saying which; the model used if embedded)."""
-    from safesample import embed
+    from safesample.backends import embedding_cache
+    from safesample.texts import TextSpec, texts_of
     from safesample.backends.embedding import choose_backend, resolve_model
     from safesample.vectors import embedding_model, field_info
 
@@ -415,8 +416,8 @@ def reference_vectors(pool: "pa.Table", ref_table: "pa.Table", options: "Cluster
     if not wanted:
         reporter.warn("the input does not say which model embedded it; embedding the reference with the "
                       "default model (pass --model if the input used another)")
-    spec = reference_spec(ref_table, options.reference_text, embed.TextSpec.parse(field_info(pool).get("text")))
-    texts = embed.texts_of(ref_table, spec, command="cluster --reference", choose="--reference-text COLUMN")
+    spec = reference_spec(ref_table, options.reference_text, TextSpec.parse(field_info(pool).get("text")))
+    texts = texts_of(ref_table, spec, command="cluster --reference", choose="--reference-text COLUMN")
     ref_model = resolve_model(wanted)
     chosen = choose_backend(options.backend or pool_backend or "auto", ref_model, reporter=reporter)
     what = f"template {spec.template!r}" if spec.template else f"column {spec.text!r}"
@@ -430,9 +431,9 @@ def reference_vectors(pool: "pa.Table", ref_table: "pa.Table", options: "Cluster
         from safesample.backends import embedding
 
         load_encoder = partial(embedding.load_encoder, reporter=reporter)
-    with embed.cache_for(ref_model.settings(chosen), enabled=options.cache) as cache, \
+    with embedding_cache.cache_for(ref_model.settings(chosen), enabled=options.cache) as cache, \
             reporter.progress(None, f"embedding the reference ({chosen})", unit="texts") as advance:
-        vectors = embed.embed_texts(texts, lambda: load_encoder(ref_model, chosen, options.batch_size),
+        vectors = embedding_cache.embed_texts(texts, lambda: load_encoder(ref_model, chosen, options.batch_size),
                                     cache=cache, batch_size=options.batch_size, progress=advance)
     if vectors.shape[1] != dim:
         raise DataError(f"the reference embeds to {vectors.shape[1]} dims but the input has {dim}-d embeddings",

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safesample.backends.models import RUN_CONFIG
-from safesample.errors import DataError, ModelError, UsageError
+from safesample.errors import DataError, UsageError
+from safesample.prompting import TRAINING_TEMPLATES as TEMPLATES
+from safesample.prompting import alpaca_prompt, chat_text
 from safesample.reporter import SILENT, Reporter
 
 if TYPE_CHECKING:
@@ -43,32 +45,8 @@ PROVENANCE = "provenance.json"
 PARTIAL_SUFFIX = ".partial"
 CHECKPOINTS = "checkpoints"
 FINGERPRINT = "run.json"
-TEMPLATES = ("alpaca", "chat")
 RESUME_MODES = ("auto", "yes", "no")
 SAFETY_SOURCE = "safety"
-
-# The Alpaca prompt (Taori et al. 2023), as the paper and Bianchi et al. train with it.
-ALPACA_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
-ALPACA_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-
-
-def alpaca_prompt(instruction: str, input: str | None = None) -> str:
-    if input:
-        return ALPACA_WITH_INPUT.format(instruction=instruction, input=input)
-    return ALPACA_NO_INPUT.format(instruction=instruction)
-
-
-def chat_text(instruction: str, input: str | None = None) -> str:
-    """The user turn for the chat template: the instruction, then its input if any."""
-    return f"{instruction}\n\n{input}" if input else instruction
-
 
 @dataclass
 class FinetuneConfig:
@@ -645,15 +623,3 @@ def _finish(out: Path, work: Path, trainer, model, tokenizer, config: FinetuneCo
             out.rmdir()
     os.replace(final, out)
     shutil.rmtree(work, ignore_errors=True)
-
-
-def read_run_config(folder: str | Path) -> dict[str, Any] | None:
-    """The `safesample_config.json` of a finished run (or None when the folder has none)."""
-    path = Path(folder) / RUN_CONFIG
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path} is not valid JSON: {exc}", "the run folder may be damaged; "
-                         "rerun `safesample finetune`") from exc

@@ -282,7 +282,7 @@ def _label(table: "pa.Table", opts: LabelOptions, engine_for, reporter: Reporter
         backend = "rules"
     elif opts.judge == "learned":
         from safesample.backends.learned_judge import load
-        from safesample.embed import CachedEncoder
+        from safesample.backends.embedding_cache import CachedEncoder
 
         learned = load()
         backend = learned.name

@@ -20,7 +20,8 @@ CLI = {"cli", "console", "completions", "__main__"}
 STAGES = {"label", "embed", "cluster", "select", "mix", "finetune", "judge", "report"}
 # Everything stages build on; none of it may import a stage or the CLI.
 FOUNDATION = {"tables", "shards", "vectors", "schema", "behavior", "reporter", "errors", "cache", "stdio",
-              "backends", "guards", "calibration", "demo", "executors", "prompts", "__init__"}
+              "backends", "guards", "calibration", "demo", "executors", "prompts", "prompting", "texts",
+              "__init__"}
 
 
 def _layer(module: str) -> str:

@@ -192,7 +192,7 @@ def test_cli_assigns_categories_from_an_embedded_reference(tmp_path: Path):
 
 def test_reference_text_follows_the_pool_then_instruction_then_prompt():
     from safesample.cluster import reference_spec as _reference_spec
-    from safesample.embed import TextSpec
+    from safesample.texts import TextSpec
 
     pair = TextSpec(template="{instruction}\n{response}")
     both = pa.table({"instruction": ["a"], "response": ["b"], "prompt": ["c"]})

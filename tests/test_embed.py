@@ -15,6 +15,8 @@ import pytest
 
 from conftest import cli, no_output_left, shared_dataset
 from safesample import embed
+from safesample import texts as texts_
+from safesample.backends import embedding_cache
 from safesample import vectors as vectors_
 from safesample.cache import Cache
 from safesample.errors import DataError, ModelError, UsageError
@@ -85,7 +87,7 @@ class FakeEncoder:
 def test_each_distinct_text_is_embedded_once_shortest_first(tmp_path: Path):
     fake = FakeEncoder()
     texts = ["a much longer text here", "b", "mid size", "b", "a much longer text here", "mid size", "zz"]
-    out = embed.embed_texts(texts, lambda: fake, cache=None, batch_size=2)
+    out = embedding_cache.embed_texts(texts, lambda: fake, cache=None, batch_size=2)
     embedded = [t for call in fake.calls for t in call]
     assert sorted(embedded) == sorted(set(texts))  # once each
     assert [len(t) for t in embedded] == sorted(len(t) for t in embedded)  # shortest first
@@ -96,22 +98,22 @@ def test_each_distinct_text_is_embedded_once_shortest_first(tmp_path: Path):
 def test_cache_serves_reruns_and_only_new_texts_are_embedded(tmp_path: Path):
     texts = [f"text number {i}" for i in range(30)]
     first = FakeEncoder()
-    with Cache(embed.CACHE_NAMESPACE, "scope", folder=tmp_path) as cache:
-        a = embed.embed_texts(texts, lambda: first, cache=cache, batch_size=4)
+    with Cache(embedding_cache.CACHE_NAMESPACE, "scope", folder=tmp_path) as cache:
+        a = embedding_cache.embed_texts(texts, lambda: first, cache=cache, batch_size=4)
     assert sum(map(len, first.calls)) == 30
 
     def no_model():
         raise AssertionError("a fully cached rerun must not load the model")
 
-    stats = embed.EmbedStats()
-    with Cache(embed.CACHE_NAMESPACE, "scope", folder=tmp_path) as cache:
-        b = embed.embed_texts(texts, no_model, cache=cache, stats=stats)
+    stats = embedding_cache.EmbedStats()
+    with Cache(embedding_cache.CACHE_NAMESPACE, "scope", folder=tmp_path) as cache:
+        b = embedding_cache.embed_texts(texts, no_model, cache=cache, stats=stats)
     np.testing.assert_array_equal(a, b)
     assert (stats.cached, stats.embedded) == (30, 0)
 
     more = FakeEncoder()
-    with Cache(embed.CACHE_NAMESPACE, "scope", folder=tmp_path) as cache:
-        c = embed.embed_texts(texts + ["appended one", "appended two"], lambda: more, cache=cache, stats=stats)
+    with Cache(embedding_cache.CACHE_NAMESPACE, "scope", folder=tmp_path) as cache:
+        c = embedding_cache.embed_texts(texts + ["appended one", "appended two"], lambda: more, cache=cache, stats=stats)
     assert sorted(t for call in more.calls for t in call) == ["appended one", "appended two"]
     np.testing.assert_array_equal(c[:30], a)
     # Another backend (or model files) is another cache scope: int8 vectors never pass for torch ones.
@@ -123,32 +125,32 @@ def test_cache_serves_reruns_and_only_new_texts_are_embedded(tmp_path: Path):
 
 def test_template_formats_pairs_and_unescapes_shell_newlines():
     table = pa.table({"id": ["1", "2"], "instruction": ["Do X", "Do Y"], "response": ["No.", "Sure"]})
-    spec = embed.TextSpec(template=embed.unescape(r"{instruction}\n{response}"))
+    spec = texts_.TextSpec(template=texts_.unescape(r"{instruction}\n{response}"))
     assert spec.columns == ["instruction", "response"]
-    assert embed.texts_of(table, spec) == ["Do X\nNo.", "Do Y\nSure"]
-    assert embed.texts_of(table, embed.TextSpec(text="response")) == ["No.", "Sure"]
-    assert embed.TextSpec.parse(spec.describe()).template == spec.template
+    assert texts_.texts_of(table, spec) == ["Do X\nNo.", "Do Y\nSure"]
+    assert texts_.texts_of(table, texts_.TextSpec(text="response")) == ["No.", "Sure"]
+    assert texts_.TextSpec.parse(spec.describe()).template == spec.template
 
 
 @pytest.mark.parametrize("template", ["{instruction", "{} and {}", "no fields at all"])
 def test_bad_templates_are_usage_errors(template: str):
     with pytest.raises(UsageError):
-        embed.TextSpec(template=template).columns
+        texts_.TextSpec(template=template).columns
 
 
 def test_missing_or_null_text_is_a_data_error_naming_the_column():
     table = pa.table({"id": ["1", "2"], "instruction": ["ok", None]})
     with pytest.raises(DataError, match="'prompt'") as exc:
-        embed.texts_of(table, embed.TextSpec(text="prompt"))
+        texts_.texts_of(table, texts_.TextSpec(text="prompt"))
     assert "--text" in exc.value.hint
     with pytest.raises(DataError, match="null.*'2'"):
-        embed.texts_of(table, embed.TextSpec(text="instruction"))
+        texts_.texts_of(table, texts_.TextSpec(text="instruction"))
 
 
 def test_embedding_column_is_fixed_size_float32_with_model_metadata():
     table = pa.table({"id": ["a", "b"], "embedding": [1, 2]})  # an old column is replaced in place
     vectors = np.arange(6, dtype=np.float64).reshape(2, 3)
-    field = vectors_.embedding_field(3, "some/model", "onnx", embed.TextSpec(text="instruction").describe())
+    field = vectors_.embedding_field(3, "some/model", "onnx", texts_.TextSpec(text="instruction").describe())
     out = vectors_.put_embeddings(table, vectors, field)
     assert out.column_names == ["id", "embedding"]
     assert out.schema.field("embedding").type == pa.list_(pa.float32(), 3)
@@ -405,14 +407,14 @@ def test_cached_encoder_serves_known_texts_without_loading_the_model(tmp_path: P
 
     monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path / "cache"))
     texts = ["I can't help with that.", "Sure, here is a poem about rain.", "I can't help with that."]
-    first = embed.CachedEncoder()
+    first = embedding_cache.CachedEncoder()
     v1 = first.encode(texts)
     assert first.loaded and first.stats.embedded == 2 and first.stats.cached == 0
-    second = embed.CachedEncoder()
+    second = embedding_cache.CachedEncoder()
     v2 = second.encode(texts)
     assert not second.loaded and second.stats.cached == 2
     assert np.array_equal(v1, v2) and np.array_equal(v1, load_encoder().encode(texts))
-    off = embed.CachedEncoder(enabled=False)
+    off = embedding_cache.CachedEncoder(enabled=False)
     off.encode(texts[:1])
     assert off.loaded
     styles = score_learned(texts)["learned_refusal_style"]  # every response cached: same verdicts

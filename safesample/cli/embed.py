@@ -50,7 +50,8 @@ def command(input: Input, output: Output = "-", text: Text = "instruction", temp
             quiet: Quiet = False, verbose: Verbose = False) -> None:
     setup(quiet, verbose)
     from safesample.console import CONSOLE
-    from safesample.embed import EmbedOptions, embed_table, plan, unescape, validate
+    from safesample.embed import EmbedOptions, embed_table, plan, validate
+    from safesample.texts import unescape
     from safesample.tables import check_output
 
     options = EmbedOptions(text=text, template=unescape(template) if template is not None else None,

@@ -139,11 +139,12 @@ def label(source: str, output: str, opts: Any, ex: ExecutorOptions, *, limit: in
 def embed(source: str, output: str, options: Any, ex: ExecutorOptions, *, limit: int | None) -> None:
     from safesample import embed as stage
     from safesample.backends.embedding import resolve_model
+    from safesample.texts import texts_of
 
     stage.validate(options)
     model = resolve_model(options.model)
     run_batches("embed", stage.embed_table, options, source, output, ex, limit=limit, seed=None,
-                models={"embedding": model.name}, check=lambda empty: stage.texts_of(empty, options.spec))
+                models={"embedding": model.name}, check=lambda empty: texts_of(empty, options.spec))
 
 
 def judge(table: "pa.Table", opts: Any, ex: ExecutorOptions, *, base: "pa.Table | None") -> Any:

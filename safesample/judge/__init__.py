@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from safesample.errors import DataError, UsageError
+from safesample.prompting import model_prompts, resolve_template
 from safesample.judge.summary import GUARDS, Gate, check_gates, compare, parse_gates, summarize
 from safesample.reporter import SILENT, Advance, Reporter
 
@@ -44,7 +45,6 @@ SCORERS = ("rules", "wildguard", "llm", "reward", "learned", "refusal_score")
 REFUSAL_COLUMNS = {"rules": "refusal_style", "wildguard": "wildguard_refusal", "llm": "llm_refusal",
                    "learned": "learned_refusal_style"}
 STYLE_SCORERS = ("rules", "learned")
-TEMPLATES = ("auto", "alpaca", "chat", "raw")
 GROUPS = ("harmful", "benign", "unflagged")
 
 BENIGN_VALUES = {"safe", "benign", "comply", "compliance", "true", "yes", "1"}
@@ -407,21 +407,6 @@ def eval_groups(table: "pa.Table", benign_col: str | None = None) -> tuple[list[
     return groups, source
 
 
-def resolve_template(model: str | None, template: str) -> str:
-    """`auto`: the template a `safesample finetune` run was trained with, else the chat template."""
-    if template not in TEMPLATES:
-        raise UsageError(f"unknown --template {template!r}", f"use one of: {', '.join(TEMPLATES)}")
-    if template != "auto":
-        return template
-    if model:
-        from safesample.finetune import read_run_config
-
-        config = read_run_config(model)
-        if config and config.get("template") in ("alpaca", "chat"):
-            return config["template"]
-    return "chat"
-
-
 # --------------------------------------------------------------------------------------------
 # generation and scoring
 
@@ -441,21 +426,6 @@ def generate(engine, prompts: Sequence[str], inputs: Sequence[str | None], templ
     return [(r or "").strip() for r in out]
 
 
-def _special_prefix(tokenizer) -> str:
-    """The text of the special tokens the tokenizer puts before a plain text (BOS), if any."""
-    if tokenizer is None:
-        return ""
-    try:
-        with_special = tokenizer("x")["input_ids"]
-        without = tokenizer("x", add_special_tokens=False)["input_ids"]
-    except (TypeError, ValueError, KeyError):
-        return ""
-    extra = len(with_special) - len(without)
-    if extra > 0 and with_special[extra:] == without:
-        return tokenizer.decode(with_special[:extra])
-    return ""
-
-
 def score_rules(responses: Sequence[str | None], classify: Callable | None = None) -> dict[str, list]:
     if classify is None:
         from safesample.behavior import classify_responses as classify
@@ -467,9 +437,9 @@ def score_rules(responses: Sequence[str | None], classify: Callable | None = Non
 def score_learned(responses: Sequence[str | None], reporter: Reporter = SILENT, *,
                   cache: bool = True) -> dict[str, list]:
     """The learned refusal judge (`safesample.backends.learned_judge`): a style and a yes/no. Its
-    response embeddings go through the embedding cache (`embed.CachedEncoder`)."""
+    response embeddings go through the embedding cache (`embedding_cache.CachedEncoder`)."""
     from safesample.backends.learned_judge import load
-    from safesample.embed import CachedEncoder
+    from safesample.backends.embedding_cache import CachedEncoder
 
     encoder = CachedEncoder(enabled=cache, reporter=reporter)
     styles = load().classify(list(responses), encoder=encoder, reporter=reporter)
@@ -499,20 +469,6 @@ def score_reward(reward_model, prompts: Sequence[str], responses: Sequence[str |
 def needs_responses(opts: JudgeOptions) -> bool:
     """Whether a scorer reads responses (refusal_score alone reads the model, not its answers)."""
     return any(s != "refusal_score" for s in opts.scorers)
-
-
-def model_prompts(engine, prompts: Sequence[str], inputs: Sequence[str | None], template: str,
-                  system: str | None = None) -> list[str]:
-    """The texts the model is prompted with (generation and refusal_score alike)."""
-    from safesample.finetune import alpaca_prompt, chat_text
-
-    if template == "chat":
-        return engine.format_chat([chat_text(p, x) for p, x in zip(prompts, inputs)], system)
-    # Engines tokenize without adding special tokens; the trainer's tokenizer call added them
-    # to the Alpaca text (e.g. Llama's BOS), so write them into the prompt here.
-    prefix = _special_prefix(getattr(engine, "tokenizer", None))
-    return [prefix + (alpaca_prompt(p, x) if template == "alpaca" else chat_text(p, x))
-            for p, x in zip(prompts, inputs)]
 
 
 def score_refusal(engine, prompts: Sequence[str], inputs: Sequence[str | None], template: str | None, *,

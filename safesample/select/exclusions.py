@@ -100,7 +100,7 @@ def default_embedder(pool: "pa.Table", batch_size: int = 256,
                              "eval.parquet --text prompt -o eval.emb.parquet`) and pass that")
         try:
             from safesample.backends import embedding
-            from safesample.embed import EmbedStats, cache_for, embed_texts
+            from safesample.backends.embedding_cache import EmbedStats, cache_for, embed_texts
         except ImportError as exc:
             raise ModelError("no embedding backend is installed to embed the --exclude or --contrast prompts",
                              "embed that table with `safesample embed` and pass that") from exc
