@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from safesample import stages
+
 PACKAGE = Path(__file__).resolve().parents[1] / "safesample"
 
 # The command line: parses options, calls a stage, prints. Only it may use the console.
 CLI = {"cli", "console", "completions", "__main__"}
 # One module (or package) per stage: a library function from a table to a table.
-STAGES = {"label", "embed", "cluster", "select", "mix", "finetune", "judge", "report"}
+STAGES = set(stages.NAMES)
 # Everything stages build on; none of it may import a stage or the CLI.
 FOUNDATION = {"tables", "shards", "vectors", "schema", "behavior", "reporter", "errors", "cache", "stdio",
-              "backends", "guards", "calibration", "demo", "executors", "prompts", "prompting", "texts",
+              "backends", "guards", "calibration", "demo", "executors", "prompts", "prompting", "texts", "stages",
               "__init__"}
 
 

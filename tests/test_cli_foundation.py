@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, cli, shell
+from safesample import stages
 from safesample.completions import SHELLS, script
 
-COMMANDS = ["label", "embed", "cluster", "select", "mix", "finetune", "judge"]
+COMMANDS = list(stages.NAMES)
 HEAVY = ["pandas", "torch", "transformers", "sklearn", "vllm", "sentence_transformers", "pyarrow"]
 
 

@@ -18,7 +18,8 @@ from typer._click import exceptions as click_errors
 from safesample import __version__, console, stdio
 from safesample.errors import (EXIT_CODES_HELP, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE,
                                SafesampleError)
-from safesample.cli import cluster, common, embed, finetune, judge, label, mix, report, select
+from safesample.cli import common
+from safesample.stages import STAGES
 
 HELP = f"""Pick a small, behavior-aware and diverse set of safety examples to mix into LLM
 fine-tuning data, fine-tune with it, and judge the result.
@@ -36,8 +37,17 @@ app = typer.Typer(name="safesample", help=HELP, no_args_is_help=True, rich_marku
                   context_settings={"help_option_names": ["-h", "--help"]},
                   pretty_exceptions_enable=False)
 
-for module in (label, embed, cluster, select, mix, finetune, judge, report):
-    app.command(module.NAME, help=module.HELP, no_args_is_help=True)(module.command)
+
+def _register(app: typer.Typer) -> None:
+    """One subcommand per registered stage, from its CLI module (`safesample/cli/<name>.py`)."""
+    import importlib
+
+    for stage in STAGES:
+        module = importlib.import_module(stage.cli_module)
+        app.command(stage.name, help=module.HELP, no_args_is_help=True)(module.command)
+
+
+_register(app)
 
 
 def _version(value: bool) -> None:

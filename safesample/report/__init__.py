@@ -54,8 +54,6 @@ KINDS = {
 }
 EXPECTED = ("a `select` output table or its --report JSON, a `judge` output table or its --summary "
             "JSON, the pool table (label/embed/cluster output), or an experiment summary.json")
-TABLE_COMMANDS = {"select": "selection", "judge": "judge", "label": "pool", "embed": "pool",
-                  "cluster": "pool"}
 NO_CATEGORY = "(none)"
 ALL_BEHAVIORS = "(all)"
 TRANSITIONS = ("refused->complied", "complied->refused")
@@ -160,8 +158,10 @@ def table_kind(table: "pa.Table", history: list[dict[str, Any]] | None = None) -
         return "selection"
     if {"eval_group", "refusal"} <= cols:
         return "judge"
+    from safesample.stages import table_kinds
+
     last = (history or [{}])[-1].get("command") if history else None
-    if last in ("label", "embed", "cluster") or "embedding" in cols or {"behavior", "category"} <= cols:
+    if table_kinds().get(last) == "pool" or "embedding" in cols or {"behavior", "category"} <= cols:
         return "pool"
     return None
 
