@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from safesample.errors import DataError, UsageError
+from safesample.tables.atomic import atomic_path
+from safesample.tables.formats import read_path, write_parquet
+from safesample.tables.guard import RunFiles
+from safesample.tables.provenance import PROVENANCE_KEY, get_provenance
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -109,20 +113,18 @@ def shard_files(source: str) -> tuple[list[Path], dict[str, Any] | None]:
     return files, manifest
 
 
-def read_sharded(source: str, claim=None) -> "pa.Table":
+def read_sharded(source: str, run: RunFiles | None = None) -> "pa.Table":
     """Every shard of `source` as one table (schemas must agree), with the manifest's provenance."""
     import pyarrow as pa
-
-    from safesample.tables import PROVENANCE_KEY, _read_path
 
     files, manifest = shard_files(source)
     tables = []
     for path in files:
-        if claim is not None:
-            claim(str(path))
+        if run is not None:
+            run.claim_input(str(path))
         with open(path, "rb") as fh:
             head = fh.read(8)
-        tables.append(_read_path(path, head, str(path)))
+        tables.append(read_path(path, head, str(path)))
     if not tables:  # a manifest of an empty result
         return pa.table({})
     try:
@@ -138,22 +140,12 @@ def read_sharded(source: str, claim=None) -> "pa.Table":
     return table
 
 
-def parquet_schema(source: str) -> "pa.Schema":
-    """The schema of a sharded input or a Parquet file, from its first footer (no data read)."""
-    import pyarrow.parquet as pq
-
-    files = shard_files(source)[0] if is_sharded(source) else [Path(source)]
-    return pq.read_schema(files[0]) if files else None
-
-
 # --------------------------------------------------------------------------------------------
 # writing
 
 
-def check_dir_output(dest: str, what: str = "-o") -> Path:
+def check_dir_output(dest: str, what: str = "-o", run: RunFiles | None = None) -> Path:
     """`dest` can take shards: its parent exists, and it is absent, empty or a shard folder."""
-    from safesample.tables import claim_output
-
     folder = Path(dest)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"output {what} {dest!r} is a file, not a folder", "drop the trailing slash to "
@@ -167,20 +159,19 @@ def check_dir_output(dest: str, what: str = "-o") -> Path:
             raise UsageError(f"output folder {dest!r} holds files safesample did not write "
                              f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})",
                              "write the shards to a new or empty folder")
-    claim_output(dest, what)
+    if run is not None:
+        run.claim_output(dest, what)
     return folder
 
 
-def begin_dir_output(dest: str, what: str = "-o") -> Path:
+def begin_dir_output(dest: str, what: str = "-o", run: RunFiles | None = None) -> Path:
     """Make `dest` an empty shard folder: manifest first (the folder now reads as incomplete),
     then the old shards. Refuses to delete a shard that is an input of this run."""
-    from safesample.tables import _guard, _inode, _inputs
-
-    folder = check_dir_output(dest, what)
+    folder = check_dir_output(dest, what, run)
     folder.mkdir(exist_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)
     for path in folder.iterdir():
-        if _guard and _inode(path) in _inputs:
+        if run is not None and run.is_input(path):
             raise UsageError(f"the output folder {dest!r} holds the input {str(path)!r}: writing it would "
                              "destroy the input", "write the shards to another folder")
     for path in folder.iterdir():
@@ -208,15 +199,14 @@ def write_manifest(folder: Path, provenance: list[dict[str, Any]] | None = None,
     return manifest
 
 
-def write_sharded(table: "pa.Table", dest: str, rows_per_shard: int = SHARD_ROWS) -> dict[str, Any]:
+def write_sharded(table: "pa.Table", dest: str, rows_per_shard: int = SHARD_ROWS,
+                  run: RunFiles | None = None) -> dict[str, Any]:
     """Write `table` as `part-NNNNN.parquet` shards in `dest`, then the manifest."""
-    from safesample.tables import _write_parquet, atomic_path, get_provenance
-
-    folder = begin_dir_output(dest)
+    folder = begin_dir_output(dest, run=run)
     names = []
     for index, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
         name = f"part-{index:05d}.parquet"
-        with atomic_path(folder / name, what="-o") as tmp:
-            _write_parquet(table.slice(start, rows_per_shard), tmp)
+        with atomic_path(folder / name, what="-o", run=run) as tmp:
+            write_parquet(table.slice(start, rows_per_shard), tmp)
         names.append(name)
     return write_manifest(folder, get_provenance(table), names)

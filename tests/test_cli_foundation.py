@@ -151,7 +151,7 @@ def test_ctrl_c_mid_write_leaves_no_file(tmp_path: Path):
     # (a plain large write can finish first when the machine is busy).
     code = ("import sys, time, numpy as np, pyarrow as pa, pyarrow.parquet as pq\n"
             "from safesample import tables\n"
-            "tables._ROW_GROUP = 1000\n"
+            "tables.formats.ROW_GROUP = 1000\n"
             "write = pq.ParquetWriter.write_table\n"
             "def stall(self, *a, **k):\n"
             "    write(self, *a, **k)\n"

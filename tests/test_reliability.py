@@ -281,7 +281,7 @@ def test_unwritable_cache_folder_degrades_to_no_cache(tmp_path: Path):
 _WRITER = """
 import sys, time, pyarrow as pa, pyarrow.parquet as pq
 from safesample import tables
-tables._ROW_GROUP = 1000
+tables.formats.ROW_GROUP = 1000
 write = pq.ParquetWriter.write_table
 def stall(self, *a, **k):
     write(self, *a, **k)

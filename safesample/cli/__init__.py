@@ -138,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                "and report it")
         return EXIT_ERROR
     finally:
-        from safesample import tables
-
-        tables.guard_paths(False)
+        common.end_run()
         stdio.restore_stdout()
 
 

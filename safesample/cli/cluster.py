@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
-                                   print_plan, save, setup)
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
+                                   check_output, load, print_plan, read, save, setup)
 
 NAME = "cluster"
 HELP = """Assign harm categories and semantic clusters from the embeddings.
@@ -72,7 +72,6 @@ def command(input: Input, output: Output = "-", reference: Reference = None, ref
     setup(quiet, verbose)
     from safesample import cluster
     from safesample.console import CONSOLE
-    from safesample.tables import check_output, read_table
 
     options = cluster.ClusterOptions(
         reference=reference, reference_col=reference_col, reference_text=reference_text, threshold=threshold,
@@ -83,7 +82,7 @@ def command(input: Input, output: Output = "-", reference: Reference = None, ref
     if not dry_run:
         check_output(output)
     table = load(input, limit)
-    ref_table = read_table(reference) if reference is not None else None
+    ref_table = read(reference) if reference is not None else None
     if dry_run:
         print_plan(cluster.plan(table, options, reference=ref_table, reporter=CONSOLE)
                    + [f"would write {'stdout' if output == '-' else output}"])

@@ -18,6 +18,8 @@ from safesample.errors import UsageError
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from safesample.tables import RunFiles
+
 Input = Annotated[str, typer.Argument(help="Input table (.parquet, .arrow, .csv, .jsonl), or '-' for stdin.",
                                       show_default=False)]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output table (.parquet), or '-' for an "
@@ -47,11 +49,12 @@ def setup(quiet: bool = False, verbose: bool = False) -> None:
         raise UsageError("-q/--quiet and -v/--verbose contradict each other", "pass one of them")
     console.set_verbosity(console.QUIET if quiet else console.VERBOSE if verbose else console.NORMAL)
     stdio.protect_stdout()
-    from safesample import cache, tables
+    from safesample import cache
+    from safesample.tables import RunFiles
 
+    global _run
     cache.report_to(console.CONSOLE)
-    tables.report_to(console.CONSOLE)
-    tables.guard_paths(True)
+    _run = RunFiles(console.CONSOLE)
     check_paths(_command_params())
 
 
@@ -62,30 +65,46 @@ def _command_params() -> dict[str, Any]:
     return dict(ctx.params) if ctx is not None else {}
 
 
+# The files this command reads and writes (`safesample.tables.RunFiles`), made by `setup()`:
+# every table read or written through the helpers below is checked against it.
+_run: "RunFiles | None" = None
+
+
+def files() -> "RunFiles | None":
+    """This run's files, to hand to the table functions a command calls directly."""
+    return _run
+
+
+def end_run() -> None:
+    """Called by `main()` when a command ends: the next one (a test calls main() repeatedly in
+    one process) starts with no files claimed."""
+    global _run
+    _run = None
+
+
 def check_paths(params: dict[str, Any]) -> None:
     """Register the command's inputs and outputs (by option name); a collision is a UsageError."""
-    from safesample.tables import STDIO, claim_input, claim_output
+    from safesample.tables import STDIO
 
     def paths(value: Any) -> list[str]:
         values = value if isinstance(value, (list, tuple)) else [value]
         return [str(v) for v in values if isinstance(v, (str, os.PathLike)) and str(v) and str(v) != STDIO]
 
+    if _run is None:
+        return
     for name in INPUT_OPTIONS:
         for path in paths(params.get(name)):
-            claim_input(path)
+            _run.claim_input(path)
     for name, flag in OUTPUT_OPTIONS.items():
         for path in paths(params.get(name)):
-            claim_output(path, flag)
+            _run.claim_output(path, flag)
 
 
 def load(source: str, limit: int | None = None) -> "pa.Table":
     """Read the input table, keep the first `limit` rows, and make sure it has an `id`."""
-    from safesample.tables import ensure_id, read_table
+    from safesample.tables import load_table
 
-    table = read_table(source)
-    if limit is not None:
-        table = table.slice(0, limit)
-    table = ensure_id(table)
+    table = load_table(source, limit, _run)
     console.debug(f"read {table.num_rows} rows x {table.num_columns} columns from {source}")
     return table
 
@@ -97,9 +116,23 @@ def save(table: "pa.Table", output: str, command: str, args: dict[str, Any], *,
     from safesample.tables import provenance_entry, write_table
 
     entry = provenance_entry(command, args, seed=seed, models=models, inputs=inputs, argv=argv())
-    write_table(table, output, provenance=entry)
+    write_table(table, output, provenance=entry, run=_run)
     where = "stdout" if output == "-" else output
     console.info(f"wrote {table.num_rows} rows x {table.num_columns} columns to {where}")
+
+
+def check_output(output: str, what: str = "-o") -> None:
+    """Before any work: the output can be written, and is no input of this run."""
+    from safesample import tables
+
+    tables.check_output(output, what, _run)
+
+
+def read(source: str) -> "pa.Table":
+    """A table this command reads besides its input (a reference, an --of or --exclude table)."""
+    from safesample.tables import read_table
+
+    return read_table(source, _run)
 
 
 def check_side_output(path: str, flag: str) -> None:
@@ -107,7 +140,7 @@ def check_side_output(path: str, flag: str) -> None:
     neither an input nor another output."""
     from safesample.tables import check_writable
 
-    check_writable(path, flag)
+    check_writable(path, flag, _run)
 
 
 def write_json(data: dict[str, Any], path: str, what: str = "report", flag: str | None = None) -> None:
@@ -118,7 +151,7 @@ def write_json(data: dict[str, Any], path: str, what: str = "report", flag: str 
 
     from safesample.tables import atomic_path
 
-    with atomic_path(Path(path), what=flag) as tmp:
+    with atomic_path(Path(path), what=flag, run=_run) as tmp:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     console.info(f"wrote the {what} to {path}")
 

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from safesample.cli import scale
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Verbose, load, print_plan,
-                                   save, setup)
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Verbose, check_output,
+                                   load, print_plan, save, setup)
 
 NAME = "embed"
 HELP = """Add sentence embeddings of a text column (default: the instruction).
@@ -52,7 +52,6 @@ def command(input: Input, output: Output = "-", text: Text = "instruction", temp
     from safesample.console import CONSOLE
     from safesample.embed import EmbedOptions, embed_table, plan, validate
     from safesample.texts import unescape
-    from safesample.tables import check_output
 
     options = EmbedOptions(text=text, template=unescape(template) if template is not None else None,
                            model=model, backend=backend, batch_size=batch_size, cache=not no_cache)

@@ -35,7 +35,7 @@ def options(gold: str | None, mode: str, scheme: str, by: str | None,
             disagreements: Path | None) -> "GoldOptions | None":
     """GoldOptions from the flags (None without --gold), the disagreements path checked now."""
     from safesample.calibration import gold_options
-    from safesample.tables import check_output
+    from safesample.cli.common import check_output
 
     opts = gold_options(gold, mode, scheme, by, disagreements=disagreements)
     if disagreements is not None:
@@ -55,13 +55,14 @@ def finish(table: "pa.Table", results: "dict[str, Calibration]", disagreements: 
     """Print each judge's calibration on stderr and write the disagreeing rows (atomically)."""
     from safesample.calibration import calibration_lines, disagreements_of
     from safesample.console import CONSOLE
+    from safesample.cli.common import files
     from safesample.tables import write_table
 
     for line in calibration_lines(results):
         CONSOLE.info(line)
     if disagreements is not None:
         rows = disagreements_of(table, results)
-        write_table(rows, str(disagreements), what="--disagreements")
+        write_table(rows, str(disagreements), what="--disagreements", run=files())
         CONSOLE.info(f"wrote {rows.num_rows} disagreeing rows to {disagreements}")
 
 

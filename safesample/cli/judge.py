@@ -9,8 +9,8 @@ import typer
 
 from safesample.cli import engine_options as engine_cli
 from safesample.cli import gold as gold_cli, scale
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
-                                   print_plan, save, setup, write_json)
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
+                                   check_output, load, print_plan, save, setup, write_json)
 from safesample.errors import UsageError
 
 NAME = "judge"
@@ -127,7 +127,6 @@ def command(
     setup(quiet, verbose)
     from safesample import judge as stage
     from safesample.console import CONSOLE
-    from safesample.tables import check_output
 
     check_output(output)
     serving = engine_cli.options(max_model_len, tensor_parallel_size, gpu_memory_utilization, enforce_eager)

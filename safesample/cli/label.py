@@ -9,8 +9,8 @@ import typer
 
 from safesample.cli import engine_options as engine_cli
 from safesample.cli import gold as gold_cli, scale
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
-                                   print_plan, save, setup, write_json)
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
+                                   check_output, load, print_plan, save, setup, write_json)
 from safesample.errors import UsageError
 
 NAME = "label"
@@ -99,7 +99,6 @@ def command(
     setup(quiet, verbose)
     from safesample.console import CONSOLE
     from safesample.label import LabelOptions, label_table, plan, summary
-    from safesample.tables import check_output
 
     if engine not in ("auto", "transformers", "vllm"):
         raise UsageError(f"unknown engine {engine!r}", "use auto, transformers or vllm")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from safesample import console
-from safesample.cli.common import DryRun, Limit, Output, Quiet, Seed, Verbose, argv, load, setup
+from safesample.cli.common import DryRun, Limit, Output, Quiet, Seed, Verbose, argv, check_output, files, load, setup
 
 NAME = "mix"
 HELP = """Mix the selected safety rows into the benign fine-tuning set.
@@ -73,7 +73,7 @@ def command(inputs: Inputs, output: Output = "-",
     setup(quiet, verbose)
     from safesample import mix as stage
     from safesample.errors import UsageError
-    from safesample.tables import check_output, merged_provenance, provenance_entry, with_provenance
+    from safesample.tables import merged_provenance, provenance_entry, with_provenance
 
     mapping = stage.parse_maps(map_)
     share = stage.parse_ratio(ratio) if ratio is not None else None
@@ -111,6 +111,6 @@ def command(inputs: Inputs, output: Output = "-",
 def save_merged(table, output: str) -> None:
     from safesample.tables import write_table
 
-    write_table(table, output)
+    write_table(table, output, run=files())
     where = "stdout" if output == "-" else output
     console.info(f"wrote {table.num_rows} rows x {table.num_columns} columns to {where}")

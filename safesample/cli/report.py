@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from safesample.cli.common import DryRun, Quiet, Seed, Verbose, print_plan, setup
+from safesample.cli.common import DryRun, Quiet, Seed, Verbose, files, print_plan, setup
 from safesample.errors import UsageError
 
 NAME = "report"
@@ -72,7 +72,7 @@ def command(
         _check_output(dest, inputs)
     opts = ReportOptions(title=title, note=note, base=base, examples=examples, max_points=max_points,
                          category_col=category_col, seed=seed)
-    loaded = load_inputs(inputs)
+    loaded = load_inputs(inputs, run=files())
     if dry_run:
         print_plan(plan(loaded, opts))
         return
@@ -80,7 +80,7 @@ def command(
     from safesample.tables import atomic_path
 
     try:
-        with atomic_path(dest) as tmp:
+        with atomic_path(dest, run=files()) as tmp:
             tmp.write_text(html, encoding="utf-8")
             tmp.chmod(0o666 & ~_umask())  # a page to open and share, not a private temp file
     except OSError as exc:

@@ -80,18 +80,19 @@ def run_batches(command: str, fn: Callable[..., Any], opts: Any, source: str, ou
     from safesample import shards
     from safesample.cli.common import argv, load
     from safesample.executors import ray as rayx
-    from safesample.tables import PROVENANCE_KEY, check_output, provenance_entry, write_table
+    from safesample.cli.common import check_output, files
+    from safesample.tables import PROVENANCE_KEY, provenance_entry, write_table
 
     check_output(output)
     _connect(ex)
-    job = rayx.read(source, limit=limit, load_local=load, ex=ex)
+    job = rayx.read(source, limit=limit, load_local=load, ex=ex, run=files())
     check(job.schema.empty_table())
     entry = provenance_entry(command, _args(opts, limit, ex), seed=seed, models=models, inputs=[source],
                              argv=argv())
     history = _history(source, job.schema) + [entry]
     metadata = {PROVENANCE_KEY: json.dumps(history).encode()}
     if shards.is_dir_output(output):
-        folder = rayx.begin_dir(output)
+        folder = rayx.begin_dir(output, run=files())
         out = rayx.map_stage(job.dataset, fn, opts, ex, tasks=job.tasks, metadata=metadata, dest=folder,
                              stateless=not models)
         manifest = rayx.finish_dir(out, folder, history)
@@ -99,7 +100,7 @@ def run_batches(command: str, fn: Callable[..., Any], opts: Any, source: str, ou
         return
     table = rayx.collect(rayx.map_stage(job.dataset, fn, opts, ex, tasks=job.tasks, metadata=metadata,
                                         stateless=not models))
-    write_table(table, output)
+    write_table(table, output, run=files())
     console.info(f"wrote {table.num_rows} rows x {table.num_columns} columns to "
                  f"{'stdout' if output == '-' else output}")
 

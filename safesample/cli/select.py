@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from safesample import console
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, load,
-                                   print_plan, save, setup, write_json)
+from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
+                                   check_output, load, print_plan, read, save, setup, write_json)
 
 NAME = "select"
 HELP = """Select a budget of safety examples: behavior-aware and diverse across harm categories.
@@ -109,7 +109,6 @@ def command(input: Input, budget: Budget, output: Output = "-",
     from safesample import select as stage
     from safesample.console import CONSOLE
     from safesample.errors import UsageError
-    from safesample.tables import check_output, read_table
 
     behavior_spec = stage.parse_behavior(behavior)
     if [input, of, contrast, *(exclude or [])].count("-") > 1:
@@ -127,11 +126,11 @@ def command(input: Input, budget: Budget, output: Output = "-",
         check_output(output)
         if report is not None:
             check_output_folder(report)
-    options.budget = stage.parse_budget(budget, read_table(of).num_rows if of is not None else None)
+    options.budget = stage.parse_budget(budget, read(of).num_rows if of is not None else None)
     started = time.perf_counter()
     table = load(input, limit)
     CONSOLE.debug(f"read the pool in {time.perf_counter() - started:.2f} s")
-    excluded = [(path, read_table(path)) for path in exclude or []]
+    excluded = [(path, read(path)) for path in exclude or []]
     look_alikes = (contrast, load(contrast)) if contrast is not None else None
     if dry_run:
         print_plan(stage.plan(table, options, exclude=excluded, contrast=look_alikes, reporter=CONSOLE))

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
+    from safesample.tables import RunFiles
+
 # Environment the workers need to behave like this process (cache folder, offline hub).
 _ENV_PREFIXES = ("SAFESAMPLE_", "HF_", "TRANSFORMERS_", "XDG_CACHE_HOME", "OMP_NUM_THREADS")
 _started_here = False
@@ -368,11 +370,12 @@ class StageActor:
                 out = out.replace_schema_metadata(self.metadata)
             if self.dest is None:
                 return out
-            from safesample.tables import _write_parquet, atomic_path
+            from safesample.tables.atomic import atomic_path
+            from safesample.tables.formats import write_parquet
 
             name = shard_name(task)
             with atomic_path(Path(self.dest) / name, what="-o") as tmp:
-                _write_parquet(out, tmp)
+                write_parquet(out, tmp)
             return pa.table({_TASK: pa.array([task], pa.int64()), "name": [name], "rows": [out.num_rows]})
         except SafesampleError as exc:
             raise StageFailure(type(exc).__name__, exc.message, exc.hint) from None
@@ -433,7 +436,7 @@ def workers(ex: ExecutorOptions) -> int:
 
 
 def read(source: str, *, limit: int | None, load_local: Callable[[str, int | None], "pa.Table"],
-         ex: ExecutorOptions) -> Input:
+         ex: ExecutorOptions, run: "RunFiles | None" = None) -> Input:
     """The input as Ray tasks of `task_rows` rows (set on `ex`): Parquet files and shard folders
     as file slices the workers read; anything else (a pipe, CSV, JSON Lines, a table without
     `id`) read here by `load_local` (which gives rows their content-hash ids exactly as the local
@@ -443,7 +446,7 @@ def read(source: str, *, limit: int | None, load_local: Callable[[str, int | Non
 
     from safesample import shards
     from safesample.executors import task_rows
-    from safesample.tables import PARQUET_MAGIC, claim_input
+    from safesample.tables import PARQUET_MAGIC
 
     files: list[Path] = []
     if source != "-":
@@ -457,7 +460,8 @@ def read(source: str, *, limit: int | None, load_local: Callable[[str, int | Non
         schema = pq.read_schema(files[0])
         if "id" in schema.names:
             for f in files:
-                claim_input(str(f))
+                if run is not None:
+                    run.claim_input(str(f))
             counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
             rows = min(sum(counts), limit) if limit else sum(counts)
             ex.task_rows = task_rows(rows, workers(ex), ex.batch_size)
@@ -564,11 +568,11 @@ def collect(ds: "ray.data.Dataset") -> "pa.Table":
     return pa.concat_tables(tables, promote_options="default")
 
 
-def begin_dir(dest: str) -> Path:
+def begin_dir(dest: str, run: "RunFiles | None" = None) -> Path:
     """The shard folder the workers will write into (emptied, absolute)."""
     from safesample import shards
 
-    return shards.begin_dir_output(dest).resolve()
+    return shards.begin_dir_output(dest, run=run).resolve()
 
 
 def finish_dir(ds: "ray.data.Dataset", folder: Path, provenance: list[dict[str, Any]]) -> dict[str, Any]:

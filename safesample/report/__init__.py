@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from safesample.tables import RunFiles
+
 COMMAND = "report"
 KINDS = {
     "pool": "a pool table (label / embed / cluster output)",
@@ -92,18 +94,18 @@ class ReportInput:
 # inputs
 
 
-def load_inputs(paths: list[str]) -> list[ReportInput]:
+def load_inputs(paths: list[str], run: "RunFiles | None" = None) -> list[ReportInput]:
     """Read every input and tell its kind; an input of no known kind is a DataError."""
     if not paths:
         raise UsageError("no input given", f"pass {EXPECTED}")
     if paths.count("-") > 1:
         raise UsageError("stdin ('-') can be read once", "pass the other inputs as files")
-    inputs = [load_input(p) for p in paths]
+    inputs = [load_input(p, run) for p in paths]
     _name_inputs(inputs)
     return inputs
 
 
-def load_input(path: str) -> ReportInput:
+def load_input(path: str, run: "RunFiles | None" = None) -> ReportInput:
     from safesample.tables import get_provenance, read_table
 
     p = Path(path)
@@ -128,7 +130,7 @@ def load_input(path: str) -> ReportInput:
                                 f"report reads {EXPECTED}")
             return ReportInput(path, kind, data=data, size=len(raw),
                                sha256=hashlib.sha256(raw).hexdigest()[:12])
-    table = read_table(path)
+    table = read_table(path, run)
     history = get_provenance(table)
     kind = table_kind(table, history)
     if kind is None:
