@@ -310,6 +310,14 @@ class GoldOptions:
     mode: str = "auto"  # auto | binary | style
     scheme: str = "auto"  # auto | do_not_answer
     by: str | None = None  # a column to break accuracy down by (model, category, ...)
+    disagreements: str | None = None  # where the CLI writes the rows a judge gets wrong
+
+
+def gold_args(gold: GoldOptions | None) -> dict[str, Any]:
+    """The --gold options as a stage's provenance records them."""
+    return {"gold": gold.column if gold else None, "gold_mode": gold.mode if gold else "auto",
+            "gold_scheme": gold.scheme if gold else "auto", "by": gold.by if gold else None,
+            "disagreements": gold.disagreements if gold else None}
 
 
 def check_gold(table: Any, gold: GoldOptions, *, produced: Iterable[str] = (),
@@ -409,7 +417,7 @@ def gold_options(column: str | None, mode: str = "auto", scheme: str = "auto", b
             raise UsageError(f"{given[0]} needs --gold COL",
                              "name the column of human refusal labels, e.g. --gold human_label")
         return None
-    return GoldOptions(column, mode, scheme, by)
+    return GoldOptions(column, mode, scheme, by, str(disagreements) if disagreements is not None else None)
 
 
 def gold_report(results: dict[str, Calibration]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ are not embedded again, so a rerun or a rerun after appending rows costs only wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from safesample.backends.embedding_cache import EmbedStats, cache_for, count_cached, embed_texts
 from safesample.errors import UsageError
@@ -70,6 +70,29 @@ def plan(table: "pa.Table", options: EmbedOptions) -> list[str]:
     return [f"plan: embed {_describe(options.spec)} of {len(texts)} rows ({distinct} distinct texts, {cached} "
             f"cached, {distinct - cached} to compute) with {model.name} on {chosen}, batches of "
             f"{options.batch_size}"]
+
+
+def prepare(table: "pa.Table", options: EmbedOptions, *, reporter: Reporter = SILENT) -> EmbedOptions:
+    """Before any work (an executor calls this with the input, or an empty table of its schema):
+    the options and the text columns checked, the backend chosen, so every worker embeds the same
+    way and the provenance names the backend used."""
+    from dataclasses import replace
+
+    from safesample.backends.embedding import choose_backend, resolve_model
+
+    validate(options)
+    texts_of(table, options.spec)
+    return replace(options, backend=choose_backend(options.backend, resolve_model(options.model), reporter=reporter))
+
+
+def provenance(options: EmbedOptions) -> tuple[dict[str, Any], dict[str, str]]:
+    """What an `embed` output records: its arguments and the embedding model."""
+    from safesample.backends.embedding import resolve_model
+
+    name = resolve_model(options.model).name
+    return ({"text": options.text if options.template is None else None, "template": options.template,
+             "model": name, "backend": options.backend, "batch_size": options.batch_size, "cache": options.cache},
+            {"embedding": name})
 
 
 def embed_table(table: "pa.Table", options: EmbedOptions, *, reporter: Reporter = SILENT,

@@ -54,6 +54,7 @@ class LabelOptions:
     batch_size: int = 16
     dtype: str = "auto"
     template: str | None = None  # the llm judge's prompt template (text)
+    prompt_file: str | None = None  # where the template was read from (for provenance)
     harmful_col: str | None = None
     all_harmful: bool = False
     safe_responses: bool = False
@@ -345,6 +346,42 @@ def _label(table: "pa.Table", opts: LabelOptions, engine_for, reporter: Reporter
     result.stats.update(rows=n, errors=sum(e is not None for e in errors),
                         behaviors=_counts(behavior), refusal_styles=_counts(styles))
     return result
+
+
+def prepare(table: "pa.Table", opts: LabelOptions, *, reporter: Reporter = SILENT) -> LabelOptions:
+    """Before any work (an executor calls this with the input, or an empty table of its schema):
+    the options, the columns and the model names checked; loads nothing."""
+    validate(table, opts)
+    check_models(opts)
+    return opts
+
+
+def generates(opts: LabelOptions) -> bool:
+    """Whether the run generates text (responses, or a guard model's verdicts)."""
+    return bool(opts.generate) or opts.judge in MODEL_JUDGES
+
+
+def models(opts: LabelOptions) -> dict[str, str]:
+    """The models a run with these options loads, by role (what the provenance records)."""
+    from safesample.backends.models import resolve
+
+    named = {"generate": opts.generate, "judge": judge_model(opts) if opts.judge in MODEL_JUDGES else None}
+    return {role: resolve(spec).name for role, spec in named.items() if spec}
+
+
+def provenance(opts: LabelOptions) -> tuple[dict[str, Any], dict[str, str]]:
+    """What a `label` output records: its arguments and models."""
+    from safesample.calibration import gold_args
+
+    args = {"judge": opts.judge, "model": opts.model, "engine": opts.engine, "generate": opts.generate,
+            "system": opts.system, "max_new_tokens": opts.max_new_tokens, "prompt_file": opts.prompt_file,
+            "harmful_col": opts.harmful_col, "all_harmful": opts.all_harmful,
+            "safe_responses": opts.safe_responses, "max_response_chars": opts.max_response_chars,
+            "dtype": opts.dtype, "max_model_len": opts.max_model_len,
+            "tensor_parallel_size": opts.tensor_parallel_size,
+            "gpu_memory_utilization": opts.gpu_memory_utilization, "enforce_eager": opts.enforce_eager,
+            "cache": opts.cache, "batch_size": opts.batch_size, **gold_args(opts.gold)}
+    return args, models(opts)
 
 
 def _counts(values: list[str | None]) -> dict[str, int]:

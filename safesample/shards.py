@@ -23,6 +23,7 @@ import glob as globlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -38,9 +39,11 @@ if TYPE_CHECKING:
 MANIFEST = "_SUCCESS"
 FORMAT = "safesample-shards"
 SHARD_ROWS = 262_144  # rows per shard the local writer writes (~4 row groups)
+STAGING = ".staging"  # inside a shard folder: the shards of a run not finished yet
+LOCK = ".lock"  # inside a shard folder: held by the run writing it
 _GLOB_CHARS = re.compile(r"[*?\[]")
 # What a safesample shard folder may hold: shards, the manifest, and temporary files of either.
-_OURS = re.compile(r"^(part-.*\.parquet|_SUCCESS|\..*\.tmp)$")
+_OURS = re.compile(r"^(part-.*\.parquet|_SUCCESS|\..*\.tmp|\.staging|\.lock)$")
 
 
 def is_glob(source: str) -> bool:
@@ -109,6 +112,10 @@ def shard_files(source: str) -> tuple[list[Path], dict[str, Any] | None]:
                 what = "is missing" if size is None else f"has {size} bytes, not {entry['bytes']}"
                 raise DataError(f"shard {entry['name']!r} of {source!r} {what}",
                                 "the folder was changed after it was written; re-create it")
+            if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+                raise DataError(f"shard {entry['name']!r} of {source!r} is not the file its manifest names "
+                                "(its sha256 differs): it was changed or damaged after it was written",
+                                "re-create the folder with the command that wrote it")
             files.append(path)
     return files, manifest
 
@@ -144,8 +151,135 @@ def read_sharded(source: str, run: RunFiles | None = None) -> "pa.Table":
 # writing
 
 
+class ShardOutput:
+    """A shard folder being written (`-o DIR/`): shards are staged in `DIR/.staging/`, hidden from
+    readers and globs, and only `finish()` makes them the folder's content.
+
+    - Before any work (the constructor): the folder may not hold an input of this run, may hold
+      only what safesample writes, and Parquet files in it must be named by a safesample manifest
+      (another tool's `part-N.parquet` files are never deleted); a second run writing the same
+      folder is refused while the first holds its lock.
+    - Each finished task's shard is staged with a record of the work that made it (`key`): a rerun
+      of the same command finds it (`done`) and skips the task.
+    - `finish()`: the old manifest goes first (the folder reads as incomplete from then on), then
+      the old shards it named, then the staged shards move in, then the new manifest (rows, bytes
+      and sha256 of every shard) is written last.
+    An interrupted run leaves the old content (or nothing) plus its staging folder, which no
+    reader takes for data.
+    """
+
+    def __init__(self, dest: str, what: str = "-o", run: RunFiles | None = None):
+        self.folder = check_dir_output(dest, what, run)
+        self.folder.mkdir(exist_ok=True)
+        self._lock = _lock(self.folder, dest)
+        self.staging = self.folder / STAGING
+        self.staging.mkdir(exist_ok=True)
+
+    def done(self, task: int, key: str) -> dict[str, Any] | None:
+        """The record of task `task`'s staged shard when the same work (`key`) made it, else None."""
+        return staged(self.staging, task, key)
+
+    def write(self, task: int, table: "pa.Table", key: str = "") -> dict[str, Any]:
+        return write_staged(self.staging, task, table, key)
+
+    def finish(self, tasks: Iterable[int], provenance: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Make the staged shards of `tasks` the folder's content, manifest last."""
+        records = []
+        for task in sorted(set(tasks)):
+            path = self.staging / _record_name(task)
+            if not path.is_file():
+                raise DataError(f"shard {task} of {str(self.folder)!r} was never written",
+                                "re-run the command")
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        old = read_manifest(self.folder) if (self.folder / MANIFEST).is_file() else None
+        (self.folder / MANIFEST).unlink(missing_ok=True)
+        for entry in (old or {}).get("files", []):
+            (self.folder / entry["name"]).unlink(missing_ok=True)
+        for record in records:
+            os.replace(self.staging / record["name"], self.folder / record["name"])
+        files = [{k: r[k] for k in ("name", "rows", "bytes", "sha256")} for r in records]
+        manifest = write_manifest(self.folder, provenance, files=files)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.close()
+        return manifest
+
+    def close(self) -> None:
+        """Release the folder (the staged shards stay for a rerun to resume from)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "ShardOutput":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lock(folder: Path, dest: str):
+    """An exclusive lock on the folder for this run (released when the process ends)."""
+    import fcntl
+
+    handle = open(folder / LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UsageError(f"another run is writing the output folder {dest!r}",
+                         "wait for it to finish, or write to another folder") from None
+    return handle
+
+
+def _record_name(task: int) -> str:
+    return f"{shard_name(task)}.json"
+
+
+def shard_name(task: int) -> str:
+    return f"part-{task:05d}.parquet"
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_staged(staging: Path, task: int, table: "pa.Table", key: str = "") -> dict[str, Any]:
+    """Write task `task`'s shard into a staging folder, atomically, then its record (name, rows,
+    bytes, sha256, the `key` of the work that made it): a shard without its record is not done.
+    Called by the local writer and by Ray workers (each writes its own tasks)."""
+    name = shard_name(task)
+    with atomic_path(staging / name) as tmp:
+        write_parquet(table, tmp)
+    path = staging / name
+    record = {"name": name, "rows": table.num_rows, "bytes": path.stat().st_size, "sha256": file_sha256(path),
+              "key": key}
+    with atomic_path(staging / _record_name(task)) as tmp:
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    return record
+
+
+def staged(staging: Path, task: int, key: str) -> dict[str, Any] | None:
+    """The record of a staged shard of task `task` made by the work `key`, if it is complete."""
+    path = staging / _record_name(task)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        shard = staging / record["name"]
+        if record.get("key") == key and key and shard.stat().st_size == record["bytes"]:
+            return record
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def check_dir_output(dest: str, what: str = "-o", run: RunFiles | None = None) -> Path:
-    """`dest` can take shards: its parent exists, and it is absent, empty or a shard folder."""
+    """Before any work: `dest` can take shards. Its parent exists; it is absent, empty, or a
+    folder safesample wrote; it holds no input of this run; Parquet files in it are named by a
+    safesample manifest (or staged by an interrupted run), so nothing another tool wrote is lost."""
     folder = Path(dest)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"output {what} {dest!r} is a file, not a folder", "drop the trailing slash to "
@@ -154,59 +288,56 @@ def check_dir_output(dest: str, what: str = "-o", run: RunFiles | None = None) -
         raise UsageError(f"output folder {str(folder.parent)!r} does not exist",
                          f"create it first: mkdir -p {folder.parent}")
     if folder.is_dir():
-        foreign = sorted(p.name for p in folder.iterdir() if not _OURS.match(p.name))
+        entries = list(folder.iterdir())
+        foreign = sorted(p.name for p in entries if not _OURS.match(p.name))
         if foreign:
             raise UsageError(f"output folder {dest!r} holds files safesample did not write "
                              f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})",
                              "write the shards to a new or empty folder")
+        for path in [*entries, *((folder / STAGING).iterdir() if (folder / STAGING).is_dir() else [])]:
+            if run is not None and run.is_input(path):
+                raise UsageError(f"the output folder {dest!r} holds the input {str(path)!r}: writing it would "
+                                 "destroy the input", "write the shards to another folder")
+        shards = {p.name for p in entries if p.suffix == ".parquet"}
+        if shards:
+            try:
+                manifest = read_manifest(folder)
+            except DataError:
+                manifest = None
+            named = {e.get("name") for e in (manifest or {}).get("files", []) if isinstance(e, dict)}
+            unnamed = sorted(shards - named)
+            if manifest is None or manifest.get("format") != FORMAT or unnamed:
+                raise UsageError(f"output folder {dest!r} holds Parquet files no safesample manifest names "
+                                 f"({', '.join((unnamed or sorted(shards))[:3])}...)",
+                                 "write the shards to a new or empty folder (safesample only replaces "
+                                 "shards it wrote)")
     if run is not None:
         run.claim_output(dest, what)
     return folder
 
 
-def begin_dir_output(dest: str, what: str = "-o", run: RunFiles | None = None) -> Path:
-    """Make `dest` an empty shard folder: manifest first (the folder now reads as incomplete),
-    then the old shards. Refuses to delete a shard that is an input of this run."""
-    folder = check_dir_output(dest, what, run)
-    folder.mkdir(exist_ok=True)
-    (folder / MANIFEST).unlink(missing_ok=True)
-    for path in folder.iterdir():
-        if run is not None and run.is_input(path):
-            raise UsageError(f"the output folder {dest!r} holds the input {str(path)!r}: writing it would "
-                             "destroy the input", "write the shards to another folder")
-    for path in folder.iterdir():
-        if _OURS.match(path.name) and path.is_file():
-            path.unlink()
-    return folder
-
-
 def write_manifest(folder: Path, provenance: list[dict[str, Any]] | None = None,
-                   names: Iterable[str] | None = None) -> dict[str, Any]:
-    """Write `_SUCCESS` (atomically, last): every shard's name, rows and bytes, and provenance."""
+                   files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write `_SUCCESS` (atomically, last): every shard's name, rows, bytes and sha256, and the
+    provenance. `files` are the shards' records (else every `part-*.parquet` in the folder)."""
     import pyarrow.parquet as pq
 
-    names = sorted(names) if names is not None else sorted(p.name for p in folder.glob("part-*.parquet"))
-    files = []
-    for name in names:
-        path = folder / name
-        files.append({"name": name, "rows": pq.ParquetFile(path).metadata.num_rows,
-                      "bytes": path.stat().st_size})
-    manifest = {"format": FORMAT, "version": 1, "rows": sum(f["rows"] for f in files), "files": files,
+    if files is None:
+        files = [{"name": p.name, "rows": pq.ParquetFile(p).metadata.num_rows, "bytes": p.stat().st_size,
+                  "sha256": file_sha256(p)} for p in sorted(folder.glob("part-*.parquet"))]
+    manifest = {"format": FORMAT, "version": 2, "rows": sum(f["rows"] for f in files), "files": files,
                 "provenance": provenance or []}
-    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / MANIFEST)
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 
 
 def write_sharded(table: "pa.Table", dest: str, rows_per_shard: int = SHARD_ROWS,
                   run: RunFiles | None = None) -> dict[str, Any]:
     """Write `table` as `part-NNNNN.parquet` shards in `dest`, then the manifest."""
-    folder = begin_dir_output(dest, run=run)
-    names = []
-    for index, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
-        name = f"part-{index:05d}.parquet"
-        with atomic_path(folder / name, what="-o", run=run) as tmp:
-            write_parquet(table.slice(start, rows_per_shard), tmp)
-        names.append(name)
-    return write_manifest(folder, get_provenance(table), names)
+    with ShardOutput(dest, run=run) as out:
+        tasks = []
+        for index, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
+            out.write(index, table.slice(start, rows_per_shard))
+            tasks.append(index)
+        return out.finish(tasks, get_provenance(table))

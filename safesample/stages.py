@@ -39,9 +39,15 @@ class Stage:
     # work switched off).
     finish: str | None = None
     batch_options: str | None = None
-    # `provenance_args(options) -> dict`: the arguments its output's provenance records, the
-    # same whichever executor ran it.
-    provenance: str = "provenance_args"
+    # `prepare(table, options, *, reporter) -> options`: validation against the input (an empty
+    # table of its schema on Ray) and the automatic choices resolved, before any work.
+    prepare: str | None = None
+    # `generates(options) -> bool`: whether a run generates text (so it may go to vLLM on a GPU
+    # cluster through ray.data.llm, the stage itself running on the driver).
+    generates: str | None = None
+    # `provenance(options) -> (args, models)`: what its output's provenance records, the same
+    # whichever executor ran it.
+    provenance: str = "provenance"
     # What `report` calls a table this stage wrote last (None: not a report input).
     table_kind: str | None = None
 
@@ -69,10 +75,11 @@ _GENERATION = "safesample.backends.generation:load_engine"
 
 STAGES: tuple[Stage, ...] = (
     Stage("label", "the behavior of each (instruction, response) pair", "LabelOptions", "label_table",
-          per_row=True, loaders={"load_engine": _GENERATION}, finish="finish", batch_options="batch_options",
+          per_row=True, loaders={"load_engine": _GENERATION}, prepare="prepare", generates="generates",
           table_kind="pool"),
     Stage("embed", "sentence embeddings of a text column", "EmbedOptions", "embed_table", per_row=True,
-          loaders={"load_encoder": "safesample.backends.embedding:load_encoder"}, table_kind="pool"),
+          loaders={"load_encoder": "safesample.backends.embedding:load_encoder"}, prepare="prepare",
+          table_kind="pool"),
     Stage("cluster", "harm categories and semantic clusters", "ClusterOptions", "cluster_table",
           table_kind="pool"),
     Stage("select", "a budget of safety rows, behavior-aware and diverse", "SelectOptions", "select_table",
@@ -82,7 +89,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("judge", "a model's answers to evaluation prompts, scored", "JudgeOptions", "judge_table",
           per_row=True, loaders={"load_engine": _GENERATION,
                                  "load_reward_model": "safesample.backends.reward:load_reward_model"},
-          finish="finish", batch_options="batch_options", table_kind="judge"),
+          prepare="prepare", finish="finish", batch_options="batch_options", generates="generates",
+          table_kind="judge"),
     Stage("report", "one self-contained HTML page of the other stages' outputs", "ReportOptions",
           "report_table"),
 )

@@ -176,13 +176,13 @@ class Dying:
     mark: str
 
 
-def die_once(table: pa.Table, opts: Dying, *, reporter=None) -> pa.Table:
+def die_once(table: pa.Table, opts: Dying, *, reporter=None):
     from safesample.label import LabelOptions, label_table
 
     if opts.mark in table.column("id").to_pylist() and not os.path.exists(opts.marker):
         Path(opts.marker).touch()
         os._exit(1)
-    return label_table(table, LabelOptions(all_harmful=True)).table
+    return label_table(table, LabelOptions(all_harmful=True))
 
 
 @pytest.mark.parametrize("stateless", [False, True], ids=["actors", "tasks"])

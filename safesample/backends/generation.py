@@ -198,7 +198,7 @@ def model_fingerprint(ref: ModelRef) -> str:
     return json.dumps(parts)
 
 
-class _EngineBase:
+class EngineBase:
     name = "base"
 
     def __init__(self, ref: ModelRef, tokenizer, batch_size: int, max_new_tokens: int, dtype: str,
@@ -280,7 +280,7 @@ class _EngineBase:
         raise NotImplementedError
 
 
-class TransformersEngine(_EngineBase):
+class TransformersEngine(EngineBase):
     """Greedy batched generation with transformers (CPU or GPU)."""
 
     name = "transformers"
@@ -353,7 +353,7 @@ class TransformersEngine(_EngineBase):
         return results
 
 
-class VLLMEngine(_EngineBase):
+class VLLMEngine(EngineBase):
     """Greedy offline batched generation with vLLM (GPU)."""
 
     name = "vllm"

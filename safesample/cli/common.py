@@ -18,6 +18,7 @@ from safesample.errors import UsageError
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from safesample.executors import ExecutorOptions, StageRun
     from safesample.tables import RunFiles
 
 Input = Annotated[str, typer.Argument(help="Input table (.parquet, .arrow, .csv, .jsonl), or '-' for stdin.",
@@ -32,6 +33,15 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Validate inputs and pri
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Process only the first N rows.",
                                               show_default=False)]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Rows per model batch.")]
+# Where a per-row stage runs (label, embed, judge, audit): see safesample.executors.
+Executor = Annotated[str, typer.Option("--executor", help="Where the per-row work runs: local (this "
+                                       "process) or ray (Ray Data over a cluster, vLLM on its GPUs).")]
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="Ray cluster to use, e.g. ray://head:10001 [default: $RAY_ADDRESS, else a local "
+    "Ray started for the run].", show_default=False)]
+Concurrency = Annotated[Optional[int], typer.Option(
+    "--concurrency", min=1, help="Ray workers per stage (each loads the model once) [default: one per "
+    "CPU; vLLM: one per GPU].", show_default=False)]
 
 
 # Options that name files a command writes, with the flag users know them by, and options that
@@ -175,3 +185,31 @@ def record_argv(args: list[str] | None) -> None:
 def argv() -> list[str]:
     """The command line of this run, without the program name."""
     return list(_argv) if _argv is not None else sys.argv[1:]
+
+
+def executor_options(executor: str, address: str | None, concurrency: int | None, batch_size: int,
+                     quiet: bool = False, verbose: bool = False) -> "ExecutorOptions":
+    from safesample.executors import ExecutorOptions, validate
+
+    ex = ExecutorOptions(kind=executor, address=address, concurrency=concurrency, batch_size=batch_size,
+                         quiet=quiet, verbose=verbose)
+    validate(ex)
+    return ex
+
+
+def run_stage(name: str, options: Any, source: str, output: str, ex: "ExecutorOptions", *,
+              limit: int | None = None, seed: int | None = None, dry_run: bool = False,
+              inputs: list[str] | None = None, context: dict[str, Any] | None = None) -> "StageRun | None":
+    """A per-row stage from its registry entry, on the executor `ex` names: `--dry-run` prints the
+    stage's plan (nothing loaded, nothing written); else the executor reads, runs and writes."""
+    from safesample import stages
+    from safesample.executors import run_stage as execute
+
+    stage = stages.get(name)
+    if dry_run:
+        table = load(source, limit)
+        plan = stage.function("plan")(table, options, **(context or {}))
+        print_plan(plan + [f"would write {'stdout' if output == '-' else output}"])
+        return None
+    return execute(stage, options, source=source, output=output, ex=ex, limit=limit, seed=seed, argv=argv(),
+                   inputs=inputs, run=_run, reporter=console.CONSOLE, context=context)

@@ -6,9 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from safesample.cli import scale
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Verbose, check_output,
-                                   load, print_plan, save, setup)
+from safesample.cli.common import (BatchSize, Concurrency, DryRun, Executor, Input, Limit, Output, Quiet,
+                                   RayAddress, Verbose, executor_options, run_stage, setup)
 
 NAME = "embed"
 HELP = """Add sentence embeddings of a text column (default: the instruction).
@@ -45,28 +44,13 @@ NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor writ
 def command(input: Input, output: Output = "-", text: Text = "instruction", template: Template = None,
             model: Model = "all-MiniLM-L6-v2", backend: Backend = "auto", batch_size: BatchSize = 64,
             no_cache: NoCache = False, limit: Limit = None, dry_run: DryRun = False,
-            executor: scale.Executor = "local", ray_address: scale.RayAddress = None,
-            concurrency: scale.Concurrency = None,
+            executor: Executor = "local", ray_address: RayAddress = None, concurrency: Concurrency = None,
             quiet: Quiet = False, verbose: Verbose = False) -> None:
     setup(quiet, verbose)
-    from safesample.console import CONSOLE
-    from safesample.embed import EmbedOptions, embed_table, plan, validate
+    from safesample.embed import EmbedOptions
     from safesample.texts import unescape
 
     options = EmbedOptions(text=text, template=unescape(template) if template is not None else None,
                            model=model, backend=backend, batch_size=batch_size, cache=not no_cache)
-    validate(options)
-    ex = scale.options(executor, ray_address, concurrency, batch_size, quiet, verbose)
-    if ex.kind == "ray" and not dry_run:
-        return scale.embed(input, output, options, ex, limit=limit)
-    if not dry_run:
-        check_output(output)
-    table = load(input, limit)
-    if dry_run:
-        print_plan(plan(table, options) + [f"would write {'stdout' if output == '-' else output}"])
-        return
-    result = embed_table(table, options, reporter=CONSOLE)
-    save(result.table, output, NAME, {"text": text if template is None else None, "template": options.template,
-                                      "model": result.model, "backend": result.backend,
-                                      "batch_size": batch_size, "cache": not no_cache, "limit": limit},
-         models={"embedding": result.model}, inputs=[input])
+    ex = executor_options(executor, ray_address, concurrency, batch_size, quiet, verbose)
+    run_stage(NAME, options, input, output, ex, limit=limit, dry_run=dry_run)

@@ -8,9 +8,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from safesample.cli import engine_options as engine_cli
-from safesample.cli import gold as gold_cli, scale
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
-                                   check_output, load, print_plan, save, setup, write_json)
+from safesample.cli import gold as gold_cli
+from safesample.cli.common import (BatchSize, Concurrency, DryRun, Executor, Input, Limit, Output, Quiet,
+                                   RayAddress, Seed, Verbose, executor_options, load, run_stage, setup,
+                                   write_json)
 from safesample.errors import UsageError
 
 NAME = "judge"
@@ -116,8 +117,7 @@ def command(
     gold_scheme: gold_cli.GoldScheme = "auto",
     by: gold_cli.By = None,
     disagreements: gold_cli.Disagreements = None,
-    executor: scale.Executor = "local", ray_address: scale.RayAddress = None,
-    concurrency: scale.Concurrency = None,
+    executor: Executor = "local", ray_address: RayAddress = None, concurrency: Concurrency = None,
     seed: Seed = 0,
     limit: Limit = None,
     dry_run: DryRun = False,
@@ -126,9 +126,7 @@ def command(
 ) -> None:
     setup(quiet, verbose)
     from safesample import judge as stage
-    from safesample.console import CONSOLE
 
-    check_output(output)
     serving = engine_cli.options(max_model_len, tensor_parallel_size, gpu_memory_utilization, enforce_eager)
     opts = stage.JudgeOptions(
         model=model, responses=responses, prompt_col=prompt_col, category_col=category_col,
@@ -143,24 +141,13 @@ def command(
             raise UsageError(f"--judge-template {str(judge_template)!r} does not exist", "check the path")
         opts.judge_template = judge_template.read_text()
     gold_cli.check_json_path(summary, "--summary")
-    table = load(input, limit)
     base = load(compare) if compare else None
-    if dry_run:
-        print_plan(stage.plan(table, opts, base))
+    ex = executor_options(executor, ray_address, concurrency, batch_size, quiet, verbose)
+    done = run_stage(NAME, opts, input, output, ex, limit=limit, seed=seed, dry_run=dry_run,
+                     inputs=[input] + ([compare] if compare else []), context={"base": base})
+    if done is None:  # a dry run
         return
-
-    ex = scale.options(executor, ray_address, concurrency, batch_size, quiet, verbose)
-    result = (scale.judge(table, opts, ex, base=base) if ex.kind == "ray" else
-              stage.judge_table(table, opts, base=base, reporter=CONSOLE))
-    args = {"input": input, "output": output, "model": model, "responses": responses, "scorers": opts.scorers,
-            "judge_model": judge_model, "reward_model": reward_model, "reward_label": reward_label,
-            "template": result.template, "system": system, "max_new_tokens": max_new_tokens,
-            "engine": engine, **serving, "prompt_col": result.prompt_col, "benign_col": benign_col,
-            "category_col": result.category_col, "compare": compare, "limit": limit,
-            "fail_under": fail_under, "fail_over": fail_over, **ex.provenance(),
-            **gold_cli.args(gold, gold_mode, gold_scheme, by, disagreements)}
-    save(result.table, output, NAME, args, seed=seed, models=result.models,
-         inputs=[input] + ([compare] if compare else []))
+    result = done.result
     report = {"input": input, **result.summary}
     if summary is not None:
         write_json(report, str(summary), "summary")

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from safesample.cli import engine_options as engine_cli
-from safesample.cli import gold as gold_cli, scale
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
-                                   check_output, load, print_plan, save, setup, write_json)
+from safesample.cli import gold as gold_cli
+from safesample.cli.common import (BatchSize, Concurrency, DryRun, Executor, Input, Limit, Output, Quiet,
+                                   RayAddress, Seed, Verbose, executor_options, run_stage, setup, write_json)
 from safesample.errors import UsageError
 
 NAME = "label"
@@ -87,8 +87,7 @@ def command(
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the label counts (and the "
                                                    "--gold calibration) as JSON here.",
                                                    show_default=False)] = None,
-    executor: scale.Executor = "local", ray_address: scale.RayAddress = None,
-    concurrency: scale.Concurrency = None,
+    executor: Executor = "local", ray_address: RayAddress = None, concurrency: Concurrency = None,
     seed: Seed = 0,
     limit: Limit = None,
     batch_size: BatchSize = 16,
@@ -98,7 +97,7 @@ def command(
 ) -> None:
     setup(quiet, verbose)
     from safesample.console import CONSOLE
-    from safesample.label import LabelOptions, label_table, plan, summary
+    from safesample.label import LabelOptions, summary
 
     if engine not in ("auto", "transformers", "vllm"):
         raise UsageError(f"unknown engine {engine!r}", "use auto, transformers or vllm")
@@ -112,31 +111,21 @@ def command(
         template = prompt_file.read_text(encoding="utf-8")
     serving = engine_cli.options(max_model_len, tensor_parallel_size, gpu_memory_utilization, enforce_eager)
     opts = LabelOptions(judge=judge, model=model, engine=engine, batch_size=batch_size, dtype=dtype, **serving,
-                        template=template, harmful_col=harmful_col, all_harmful=all_harmful,
-                        safe_responses=safe_responses, generate=generate, system=system,
-                        max_new_tokens=max_new_tokens, max_response_chars=max_response_chars,
-                        cache=not no_cache,
+                        template=template, prompt_file=str(prompt_file) if prompt_file else None,
+                        harmful_col=harmful_col, all_harmful=all_harmful, safe_responses=safe_responses,
+                        generate=generate, system=system, max_new_tokens=max_new_tokens,
+                        max_response_chars=max_response_chars, cache=not no_cache,
                         gold=gold_cli.options(gold, gold_mode, gold_scheme, by, disagreements))
-    ex = scale.options(executor, ray_address, concurrency, batch_size, quiet, verbose)
-    if ex.kind == "ray" and not dry_run:
-        return scale.label(input, output, opts, ex, limit=limit, seed=seed, report=report)
+    ex = executor_options(executor, ray_address, concurrency, batch_size, quiet, verbose)
+    if ex.kind == "ray" and (opts.gold or report is not None):
+        raise UsageError("--gold and --report are not available with --executor ray yet",
+                         "run it with --executor local")
     if not dry_run:
-        check_output(output)
         gold_cli.check_json_path(report, "--report")
-    table = load(input, limit)
-    lines = plan(table, opts)  # validates the table and the model names, loads nothing
-    if dry_run:
-        print_plan(lines)
+    done = run_stage(NAME, opts, input, output, ex, limit=limit, seed=seed, dry_run=dry_run)
+    if done is None or done.result is None:  # a dry run, or rows written by Ray workers
         return
-
-    result = label_table(table, opts, reporter=CONSOLE)
-    args = {"judge": judge, "model": model, "engine": engine, "generate": generate, "system": system,
-            "max_new_tokens": max_new_tokens, "prompt_file": str(prompt_file) if prompt_file else None,
-            "harmful_col": harmful_col, "all_harmful": all_harmful, "safe_responses": safe_responses,
-            "max_response_chars": max_response_chars, "dtype": dtype, **serving, "cache": not no_cache,
-            "limit": limit, "batch_size": batch_size,
-            **gold_cli.args(gold, gold_mode, gold_scheme, by, disagreements)}
-    save(result.table, output, NAME, args, seed=seed, models=result.models, inputs=[input])
+    result = done.result
     CONSOLE.info(summary(result.stats))
     if opts.gold:
         gold_cli.finish(result.table, result.calibration, disagreements)

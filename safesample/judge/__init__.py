@@ -59,7 +59,7 @@ class JudgeOptions:
     model: str | None = None  # generate the responses with this model; else score `response`
     responses: bool = False  # score the input's existing `response` column
     prompt_col: str | None = None  # default: prompt, else instruction
-    category_col: str = "category"  # summary breakdown (skipped when absent)
+    category_col: str | None = "category"  # summary breakdown (skipped when absent)
     benign_col: str | None = None
     scorers: list[str] = field(default_factory=lambda: ["rules"])  # see `parse_scorers`
     judge_model: str | None = None  # the wildguard / llm scorers' guard model
@@ -296,7 +296,8 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
 
 
 def finish(table: "pa.Table", judged: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None" = None,
-           got: "_Inputs | None" = None, gates: "list[Gate] | None" = None) -> JudgeResult:
+           got: "_Inputs | None" = None, gates: "list[Gate] | None" = None,
+           reporter: Reporter = SILENT) -> JudgeResult:
     """Summary, comparison, calibration and gates over the whole judged table. A batch executor
     runs `judge_table` per batch (no compare, no gates) and this once over all the rows."""
     got = got if got is not None else _read_inputs(table, opts, base)
@@ -317,6 +318,50 @@ def finish(table: "pa.Table", judged: "pa.Table", opts: JudgeOptions, *, base: "
     models = {k: v for k, v in (("model", opts.model), ("judge", opts.judge_model),
                                 ("reward", opts.reward_model)) if v}
     return JudgeResult(judged, summary, models, got.prompt_col, got.category, got.template, calibration)
+
+
+def prepare(table: "pa.Table", opts: JudgeOptions, *, reporter: Reporter = SILENT) -> JudgeOptions:
+    """Before any work (an executor calls this with the input, or an empty table of its schema):
+    the options, the data and the model names checked, and the automatic choices resolved (the
+    prompt column, the category column, the template), so every batch judges the same way and
+    the provenance names what was used."""
+    from dataclasses import replace
+
+    validate(opts)
+    got = _read_inputs(table, opts, None)
+    check_models(opts)
+    return replace(opts, prompt_col=got.prompt_col, category_col=got.category,
+                   template=got.template or opts.template)
+
+
+def batch_options(opts: JudgeOptions) -> JudgeOptions:
+    """What each batch of a split run is judged with: no comparison, gates or calibration, which
+    `finish` computes once over every row."""
+    from dataclasses import replace
+
+    return replace(opts, compare=None, fail_under=[], fail_over=[], gold=None)
+
+
+def generates(opts: JudgeOptions) -> bool:
+    return bool(opts.model)
+
+
+def provenance(opts: JudgeOptions) -> tuple[dict[str, Any], dict[str, str]]:
+    """What a `judge` output records: its arguments and models."""
+    from safesample.calibration import gold_args
+
+    args = {"model": opts.model, "responses": opts.responses, "scorers": list(opts.scorers),
+            "judge_model": opts.judge_model, "reward_model": opts.reward_model, "reward_label": opts.reward_label,
+            "template": opts.template if opts.model else None, "system": opts.system,
+            "max_new_tokens": opts.max_new_tokens, "engine": opts.engine, "max_model_len": opts.max_model_len,
+            "tensor_parallel_size": opts.tensor_parallel_size,
+            "gpu_memory_utilization": opts.gpu_memory_utilization, "enforce_eager": opts.enforce_eager,
+            "prompt_col": opts.prompt_col, "benign_col": opts.benign_col, "category_col": opts.category_col,
+            "compare": opts.compare, "fail_under": opts.fail_under, "fail_over": opts.fail_over,
+            **gold_args(opts.gold)}
+    models = {k: v for k, v in (("model", opts.model), ("judge", opts.judge_model),
+                                ("reward", opts.reward_model)) if v}
+    return args, models
 
 
 def written_columns(opts: JudgeOptions) -> list[str]:
