@@ -135,7 +135,6 @@ def _prompts(n: int, tok) -> list[str]:
 
 
 def bench_generation(model, tok, work: Path, args) -> None:
-    import torch
 
     from safesample.backends.generation import TransformersEngine
     from safesample.backends.models import ModelRef

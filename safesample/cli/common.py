@@ -102,9 +102,11 @@ def check_paths(params: dict[str, Any]) -> None:
 
     if _run is None:
         return
+    from safesample.tables import claim_source
+
     for name in INPUT_OPTIONS:
         for path in paths(params.get(name)):
-            _run.claim_input(path)
+            claim_source(path, _run)  # a shard folder or glob: each of its files
     for name, flag in OUTPUT_OPTIONS.items():
         for path in paths(params.get(name)):
             _run.claim_output(path, flag)

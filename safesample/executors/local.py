@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from safesample.executors import ExecutorOptions, StageRun, prepare, provenance_of
+from safesample.executors.base import ExecutorOptions, StageRun, prepare, provenance_of
 from safesample.reporter import Reporter
 
 if TYPE_CHECKING:
@@ -16,8 +16,9 @@ def run(stage: "Stage", options: Any, *, source: str, output: str, ex: ExecutorO
         seed: int | None, argv: list[str] | None, inputs: list[str], run: "RunFiles | None",
         reporter: Reporter, context: dict[str, Any]) -> StageRun:
     """Read `source`, run the stage on it, write `output` with the stage's provenance."""
-    from safesample.tables import check_output, load_table, provenance_entry, write_table
+    from safesample.tables import check_output, claim_source, load_table, provenance_entry, write_table
 
+    claim_source(source, run)  # first: an output that would replace an input is refused before any work
     check_output(output, run=run)
     table = load_table(source, limit, run)
     options = prepare(stage, table, options, reporter)

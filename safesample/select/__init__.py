@@ -50,8 +50,9 @@ import numpy as np
 from safesample.errors import DataError, UsageError
 from safesample.reporter import SILENT, Reporter
 from safesample.select.contrast import CONTRAST, DEFAULT_SHARE, SAFETY, add_contrast, split_budget, text_column
-from safesample.select.exclusions import (Acceptor, EmbedTexts, Exclusions, default_embedder,
-                                          exclusions_from_tables, normalise, shared)
+from safesample.select.acceptor import Acceptor
+from safesample.select.exclusions import (EmbedTexts, Exclusions, default_embedder, exclusions_from_tables,
+                                          normalise, shared)
 from safesample.select.options import (ALL_BEHAVIORS, BEHAVIORS, EMBEDDING_STRATEGIES, NO_CATEGORY, RANDOM_DRAWS,
                                        SAFE_BEHAVIORS, STRATEGIES, SelectOptions, parse_behavior, parse_budget)
 from safesample.select.pool import Plan, Pool, Texts, plan_selection

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from safesample.select.exclusions import Acceptor
+    from safesample.select.acceptor import Acceptor
     from safesample.select.pool import Pool
 
 Pick = tuple[int, str]  # (position, reason)

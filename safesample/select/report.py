@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from safesample.select.exclusions import Acceptor
+from safesample.select.acceptor import Acceptor
 from safesample.select.options import ALL_BEHAVIORS, NO_CATEGORY
 from safesample.select.pool import n_distinct
 from safesample.select.strategies import random_order

@@ -10,7 +10,7 @@ from safesample.select.options import ALL_BEHAVIORS, NO_CATEGORY
 from safesample.select.quotas import Pick, allocate, fill_quotas, group_caps
 
 if TYPE_CHECKING:
-    from safesample.select.exclusions import Acceptor
+    from safesample.select.acceptor import Acceptor
     from safesample.select.pool import Pool
 
 

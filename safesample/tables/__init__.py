@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = ["ARROW_FILE_MAGIC", "ARROW_STREAM_MAGIC", "PARQUET_MAGIC", "PROVENANCE_KEY", "STDIO", "WRITE_FORMATS",
-           "RunFiles", "atomic_path", "check_output", "check_writable", "ensure_id", "get_provenance",
+           "RunFiles", "atomic_path", "check_output", "claim_source", "check_writable", "ensure_id", "get_provenance",
            "load_table", "merged_provenance", "provenance_entry", "put_column", "read_stream", "read_table",
            "remove_stale_temps", "with_provenance", "write_table"]
 
@@ -58,6 +58,25 @@ def read_table(source: str, run: RunFiles | None = None) -> "pa.Table":
     with open(path, "rb") as fh:
         head = fh.read(8)
     return read_path(path, head, source)
+
+
+def claim_source(source: str, run: RunFiles | None) -> None:
+    """Register every file `source` names (a file, a shard folder's shards, a glob's matches) as an
+    input of `run` before any work, so an output that would replace one is refused up front."""
+    if run is None or source == STDIO:
+        return
+    from safesample import shards
+    from safesample.errors import SafesampleError
+
+    if shards.is_sharded(source):
+        try:
+            files = shards.shard_files(source)[0]
+        except SafesampleError:  # reading it says what is wrong
+            return
+        for path in files:
+            run.claim_input(str(path))
+    else:
+        run.claim_input(source)
 
 
 def load_table(source: str, limit: int | None = None, run: RunFiles | None = None) -> "pa.Table":

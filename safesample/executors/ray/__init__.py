@@ -22,8 +22,9 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any, Callable
 
-from safesample.executors import ExecutorOptions, StageRun, prepare, provenance_of
-from safesample.executors.ray.actors import errors, map_stage
+from safesample.executors.base import ExecutorOptions, StageRun, prepare, provenance_of
+from safesample.executors.ray.actors import map_stage
+from safesample.executors.ray.failures import errors
 from safesample.executors.ray.cluster import connect, is_loopback, loopback, shutdown, start_local
 from safesample.executors.ray.io import collect, from_table, make_tasks, open_input
 from safesample.executors.ray.llm import RayLLMEngine, vllm_loader, wants_vllm
@@ -44,9 +45,10 @@ def run(stage: "Stage", options: Any, *, source: str, output: str, ex: ExecutorO
         reporter: Reporter, context: dict[str, Any]) -> StageRun:
     """`stage` over `source` on Ray, written to `output` (a file, `-`, or a shard folder)."""
     from safesample import shards
-    from safesample.executors import local
-    from safesample.tables import PROVENANCE_KEY, check_output, load_table, provenance_entry, write_table
+    from safesample.executors.local import run as run_local
+    from safesample.tables import PROVENANCE_KEY, check_output, claim_source, load_table, provenance_entry, write_table
 
+    claim_source(source, run)  # first: an output that would replace an input is refused before any work
     check_output(output, run=run)
     seconds = connect(ex, reporter)
     if seconds:
@@ -54,7 +56,7 @@ def run(stage: "Stage", options: Any, *, source: str, output: str, ex: ExecutorO
     lib = stage.library()
     if stage.generates is not None and getattr(lib, stage.generates)(options) and wants_vllm(options.engine):
         # vLLM on the cluster's GPUs: the stage runs here, its generation goes to ray.data.llm.
-        return local.run(stage, options, source=source, output=output, ex=ex, limit=limit, seed=seed,
+        return run_local(stage, options, source=source, output=output, ex=ex, limit=limit, seed=seed,
                          argv=argv, inputs=inputs, run=run, reporter=reporter,
                          context={**context, "load_engine": vllm_loader(ex)})
     job = open_input(source, limit=limit, load=lambda s, n: load_table(s, n, run), run=run,

@@ -6,9 +6,8 @@
   writes the task's shard there itself and returns only its name and row count.
 - `ModelPool` gives the stage function its loaders (the stage's registry entry names them): each
   distinct model is loaded once per worker and kept for its later tasks.
-- Errors: a `SafesampleError` raised in a worker comes back as the same class, message and hint
-  (`StageFailure` carries them across the process boundary, `errors()` rebuilds them); a worker
-  that dies is restarted and its task retried by Ray.
+- Errors: a `SafesampleError` raised in a worker is sent back as a `StageFailure` (see
+  `failures`); a worker that dies is restarted and its task retried by Ray.
 """
 
 from __future__ import annotations
@@ -16,110 +15,24 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
-from safesample import errors as errors_module
 from safesample.errors import SafesampleError
-from safesample.executors import ExecutorOptions
+from safesample.executors.base import ExecutorOptions
 from safesample.executors.ray.cluster import actor_cpus, cpus, worker_env, workers
+from safesample.executors.ray.failures import StageFailure
+from safesample.executors.ray.io import KEY, SLICES, TASK, read_slices
 from safesample.reporter import SILENT
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-# Columns of the blocks the driver hands the workers: the task's index (its shard's name), the
-# key of its work (a staged shard made by the same work is reused on a rerun), and for Parquet
-# inputs the file slices it reads (JSON: [[path, first row, rows], ...]).
-TASK = "__safesample_task__"
-KEY = "__safesample_key__"
-SLICES = "__safesample_slices__"
 # Thread pools of the model libraries in a worker: sized to the CPUs it reserves, so that two
 # workers on two cores do not each run a pool as wide as the machine (ONNX Runtime reads
 # OMP_NUM_THREADS through safesample.backends.embedding; torch and BLAS read these at import).
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-# --------------------------------------------------------------------------------------------
-# errors
-
-
-_MARK = "<<safesample-stage-failure>>"
-
-
-class StageFailure(Exception):
-    """A SafesampleError raised in a worker, in a form that survives pickling (the original's
-    `args` hold the message only, so its hint would be lost)."""
-
-    def __init__(self, kind: str, message: str, hint: str | None):
-        super().__init__(kind, message, hint)
-        self.kind, self.message, self.hint = kind, message, hint
-
-    def __str__(self) -> str:
-        # Ray wraps a worker's exception (UserCodeException) and the chain back to this one does
-        # not always survive; its text does, inside the wrapper's traceback, so carry it there.
-        payload = json.dumps({"kind": self.kind, "message": self.message, "hint": self.hint})
-        return f"{_MARK}{payload}{_MARK}"
-
-    @classmethod
-    def parse(cls, text: str) -> "StageFailure | None":
-        match = re.search(re.escape(_MARK) + r"(\{.*?\})" + re.escape(_MARK), text, re.S)
-        if not match:
-            return None
-        try:
-            data = json.loads(match.group(1))
-        except ValueError:
-            return None
-        return cls(data.get("kind", ""), data.get("message", ""), data.get("hint"))
-
-    def rebuild(self) -> SafesampleError:
-        cls = getattr(errors_module, self.kind, None)
-        if not (isinstance(cls, type) and issubclass(cls, SafesampleError)):
-            cls = SafesampleError
-        return cls(self.message, self.hint)
-
-
-def _find_failure(exc: BaseException) -> StageFailure | SafesampleError | None:
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, StageFailure):
-            return e
-        if isinstance(e, SafesampleError):
-            return e
-        parsed = StageFailure.parse(str(e))
-        if parsed is not None:
-            return parsed
-        for nxt in (getattr(e, "cause", None), e.__cause__, e.__context__):
-            if isinstance(nxt, BaseException):
-                todo.append(nxt)
-    return None
-
-
-@contextmanager
-def errors() -> Iterator[None]:
-    """Turn what a Ray job raises back into the SafesampleError a worker raised."""
-    try:
-        yield
-    except (SafesampleError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        found = _find_failure(exc)
-        if isinstance(found, StageFailure):
-            raise found.rebuild() from None
-        if isinstance(found, SafesampleError):
-            raise found from None
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise SafesampleError(f"the Ray job failed: {type(exc).__name__}: {first.strip()[:300]}",
-                              "rerun with -v for the traceback; the workers' logs are in /tmp/ray/session_latest/"
-                              "logs on each node") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,8 +111,6 @@ class StageActor:
     def __call__(self, batch: "pa.Table") -> "pa.Table":
         import pyarrow as pa
         import pyarrow.compute as pc
-
-        from safesample.executors.ray.io import read_slices
 
         tasks = list(dict.fromkeys(batch.column(TASK).to_pylist()))
         outputs = []

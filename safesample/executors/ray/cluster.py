@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from safesample.errors import UsageError
-from safesample.executors import ExecutorOptions
+from safesample.executors.base import ExecutorOptions
 from safesample.reporter import SILENT, Reporter
 
 # Environment the workers need to behave like this process (cache folder, offline hub).

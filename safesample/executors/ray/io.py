@@ -16,15 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from safesample.executors import ExecutorOptions, task_rows
-from safesample.executors.ray.actors import KEY, SLICES, TASK, errors
+from safesample.executors.base import ExecutorOptions, task_rows
 from safesample.executors.ray.cluster import workers
+from safesample.executors.ray.failures import errors
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
     from safesample.tables import RunFiles
+
+# Columns of the blocks the driver hands the workers: the task's index (its shard's name), the
+# key of its work (a staged shard made by the same work is reused on a rerun), and for Parquet
+# inputs the file slices it reads (JSON: [[path, first row, rows], ...]).
+TASK = "__safesample_task__"
+KEY = "__safesample_key__"
+SLICES = "__safesample_slices__"
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from safesample.backends.generation import EngineBase
 from safesample.errors import ModelError
-from safesample.executors import ExecutorOptions
-from safesample.executors.ray.actors import errors
+from safesample.executors.base import ExecutorOptions
+from safesample.executors.ray.failures import errors
 from safesample.executors.ray.cluster import cluster_gpus, worker_env
 from safesample.reporter import SILENT, Reporter
 
