@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, cli
 from safesample.errors import DataError, UsageError
-from safesample.report import ReportOptions, json_kind, load_inputs, plan, report_html, table_kind
+from safesample.report import ReportOptions, json_kind, load_inputs, plan, report_table, table_kind
 from safesample.reporter import RecordingReporter
 from safesample.tables import provenance_entry, write_table
 
@@ -133,7 +133,7 @@ def test_an_input_of_no_known_kind_names_what_was_expected(tmp_path):
 def test_full_report_has_every_section_and_chart(inputs):
     loaded = load_inputs([str(inputs[k]) for k in ("pool", "picks", "selection", "base", "now")])
     rec = RecordingReporter()
-    html = report_html(loaded, ReportOptions(title="t & t", note="demo <scale>"), reporter=rec)
+    html = report_table(loaded, ReportOptions(title="t & t", note="demo <scale>"), reporter=rec)
     assert charts_of(html) == ["heatmap", "map", "refusal_by_category", "refusal_vs_over_refusal", "compare"]
     assert 'data-charts="5"' in html
     for section in ('id="selection"', 'id="judge"', 'id="provenance"', 'id="findings"'):
@@ -153,7 +153,7 @@ def test_full_report_has_every_section_and_chart(inputs):
 
 def test_model_output_is_escaped_never_markup(inputs):
     loaded = load_inputs([str(inputs["base"]), str(inputs["now"])])
-    html = report_html(loaded)
+    html = report_table(loaded)
     assert EVIL not in html
     assert "&lt;script&gt;alert(" in html
     assert "<script>alert" not in html and "onerror=alert" not in html.replace("onerror=alert(1)&gt;", "")
@@ -162,7 +162,7 @@ def test_model_output_is_escaped_never_markup(inputs):
 
 def test_page_is_self_contained(inputs):
     loaded = load_inputs([str(inputs[k]) for k in ("pool", "picks", "selection", "base", "now")])
-    html = report_html(loaded)
+    html = report_table(loaded)
     assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', html)
     assert "@import" not in html and "url(http" not in html
     assert "Content-Security-Policy" in html
@@ -172,7 +172,7 @@ def test_summary_json_of_a_judged_table_given_too_is_not_a_second_run(inputs):
     data = json.loads(inputs["summary"].read_text())
     data["model"] = "runs/lora"  # the summary of `now`
     inputs["summary"].write_text(json.dumps(data))
-    html = report_html(load_inputs([str(inputs["base"]), str(inputs["now"]), str(inputs["summary"])]))
+    html = report_table(load_inputs([str(inputs["base"]), str(inputs["now"]), str(inputs["summary"])]))
     assert html.count("<tr><td>judged") == 2  # judged.base and judged, not a third row
 
 
@@ -183,29 +183,29 @@ def test_summary_json_alone_renders_its_compare(inputs):
     data["compare"] = {"base": "judged.base.parquet",
                        **judge.compare(_read(inputs["now"]), _read(inputs["base"]), "category", n_boot=50)}
     inputs["summary"].write_text(json.dumps(data))
-    html = report_html(load_inputs([str(inputs["summary"])]))
+    html = report_table(load_inputs([str(inputs["summary"])]))
     assert charts_of(html) == ["refusal_by_category", "refusal_vs_over_refusal", "compare"]
     assert "No example responses" in html
 
 
 def test_no_difference_is_said_not_shown_as_a_finding(inputs):
     same = load_inputs([str(inputs["base"]), str(inputs["base"])])
-    html = report_html(same)
+    html = report_table(same)
     assert "no change is distinguishable from zero" in html
 
 
 def test_base_option_picks_the_baseline(inputs):
     loaded = load_inputs([str(inputs["base"]), str(inputs["now"])])
-    html = report_html(loaded, ReportOptions(base=str(inputs["now"])))
+    html = report_table(loaded, ReportOptions(base=str(inputs["now"])))
     assert "Compared: judged.base against judged" in html
     with pytest.raises(UsageError, match="--base"):
-        report_html(loaded, ReportOptions(base="nope.parquet"))
+        report_table(loaded, ReportOptions(base="nope.parquet"))
 
 
 def test_selection_report_alone_and_picks_without_pool(inputs):
-    html = report_html(load_inputs([str(inputs["selection"])]))
+    html = report_table(load_inputs([str(inputs["selection"])]))
     assert charts_of(html) == ["heatmap"]
-    html = report_html(load_inputs([str(inputs["picks"])]))
+    html = report_table(load_inputs([str(inputs["picks"])]))
     assert charts_of(html) == ["heatmap", "map"]
 
 
@@ -214,7 +214,7 @@ def test_committed_cpu_experiment_renders():
     paths = [str(results / "summary.json")] + sorted(str(p) for p in (results / "selection").glob("*.json"))
     loaded = load_inputs(paths)
     assert loaded[0].kind == "experiment" and {i.kind for i in loaded[1:]} == {"selection_report"}
-    html = report_html(loaded)
+    html = report_table(loaded)
     assert charts_of(html) == ["coverage", "per_category_picks", "experiment"]
     assert "diverse-b25-s0" in html and "exact McNemar" in html and "stratified" in html
 
@@ -223,7 +223,7 @@ def test_committed_qwen_experiment_renders():
     """The second evidence run: rates charted, log-odds scores in the table, the paired verdict."""
     results = REPO / "results" / "qwen"
     paths = [str(results / "summary.json")] + sorted(str(p) for p in (results / "selection").glob("*.json"))
-    html = report_html(load_inputs(paths))
+    html = report_table(load_inputs(paths))
     assert charts_of(html)[-1] == "experiment"
     assert "Paired over seeds" in html and "harmful refusal score" in html
     assert "the smallest difference this design detects (80 % power)" in html
@@ -255,7 +255,7 @@ def test_experiment_scores_apart_from_rates_and_paired_over_seeds(tmp_path: Path
     }
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary))
-    html = report_html(load_inputs([str(path)]))
+    html = report_table(load_inputs([str(path)]))
     assert charts_of(html) == ["experiment"]
     chart = html.split('data-chart="experiment"', 1)[1].split("</figure>", 1)[0]
     assert "harmful P(refusal)" in chart and "harmful refusal score" not in chart
@@ -353,7 +353,7 @@ def test_cli_failure_mid_render_leaves_no_partial_page(inputs, tmp_path):
     out = tmp_path / "r.html"
     code = ("import sys, safesample.report as r\n"
             "def boom(*a, **k): raise RuntimeError('mid-render')\n"
-            "r.report_html = boom\n"
+            "r.report_table = boom\n"
             "from safesample.cli import main\n"
             f"sys.exit(main(['report', {str(inputs['selection'])!r}, '-o', {str(out)!r}]))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

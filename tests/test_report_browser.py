@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI, REPO
-from safesample.report import ReportOptions, load_inputs, report_html
+from safesample.report import ReportOptions, load_inputs, report_table
 from test_report import build_inputs
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -79,7 +79,7 @@ def test_demo_like_report_renders_in_chromium(tmp_path: Path):
     chromium()
     paths = build_inputs(tmp_path)
     loaded = load_inputs([str(paths[k]) for k in ("pool", "picks", "selection", "base", "now")])
-    html = report_html(loaded, ReportOptions(note="A tiny synthetic run."))
+    html = report_table(loaded, ReportOptions(note="A tiny synthetic run."))
     attrs = check_in_browser(html, tmp_path, "demo", ["heatmap", "map", "refusal_by_category",
                                                       "refusal_vs_over_refusal", "compare"])
     assert int(attrs["render-ms"]) < 20_000
@@ -89,7 +89,7 @@ def test_committed_cpu_experiment_report_renders_in_chromium(tmp_path: Path):
     chromium()
     results = REPO / "results" / "cpu"
     paths = [str(results / "summary.json")] + sorted(str(p) for p in (results / "selection").glob("*.json"))
-    html = report_html(load_inputs(paths), ReportOptions(title="CPU experiment"))
+    html = report_table(load_inputs(paths), ReportOptions(title="CPU experiment"))
     check_in_browser(html, tmp_path, "experiment", ["coverage", "per_category_picks", "experiment"])
 
 

@@ -61,7 +61,7 @@ def command(
 ) -> None:
     setup(quiet, verbose)
     from safesample import console
-    from safesample.report import ReportOptions, load_inputs, plan, report_html
+    from safesample.report import ReportOptions, load_inputs, plan, report_table
 
     if not output:
         raise UsageError("no output file given", "pass -o report.html")
@@ -76,7 +76,7 @@ def command(
     if dry_run:
         print_plan(plan(loaded, opts))
         return
-    html = report_html(loaded, opts, reporter=console.CONSOLE)
+    html = report_table(loaded, opts, reporter=console.CONSOLE)
     from safesample.tables import atomic_path
 
     try:
