@@ -193,10 +193,10 @@ def train_real(folder: Path, work: Path, rows: int, args) -> None:
             if logs and "num_tokens" in logs:
                 tokens.append(int(logs["num_tokens"]))
 
-    config = finetune.FinetuneConfig(model=str(folder), max_steps=args.train_steps, batch_size=args.train_batch,
-                                     max_length=256, save_steps=10_000)
+    config = finetune.FinetuneOptions(model=str(folder), max_steps=args.train_steps, batch_size=args.train_batch,
+                                      max_length=256, save_steps=10_000)
     start = time.perf_counter()
-    record = finetune.finetune_table(_train_table(rows), config, str(work / "run"), callbacks=[Timer()])
+    record = finetune.finetune_table(_train_table(rows), config, str(work / "run"), callbacks=[Timer()]).record
     total = time.perf_counter() - start
     steady = times[2:] or times
     per_step = statistics.median(steady)

@@ -39,8 +39,8 @@ def train_table(tmp_path: Path) -> Path:
     return path
 
 
-def _config(tiny_llama: Path, **kw) -> stage.FinetuneConfig:
-    return stage.FinetuneConfig(model=str(tiny_llama), **{"max_steps": 4, "batch_size": 4, "save_steps": 2, **kw})
+def _config(tiny_llama: Path, **kw) -> stage.FinetuneOptions:
+    return stage.FinetuneOptions(model=str(tiny_llama), **{"max_steps": 4, "batch_size": 4, "save_steps": 2, **kw})
 
 
 # ---- stage logic ------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def test_train_interrupt_resume_and_adapter_loads(tiny_llama: Path, tmp_path: Pa
         stage.finetune_table(table, _config(tiny_llama), str(out), callbacks=[StopAtThree()])
     work = stage.work_dir_for(out)
     assert not out.exists(), "an interrupted run must not look finished"
-    assert [p.name for p in stage._checkpoints(work)] == ["checkpoint-2"]
+    assert [p.name for p in stage.checkpoints(work)] == ["checkpoint-2"]
 
     # Loss only on the response: the prompt's tokens carry label -100.
     from transformers import AutoTokenizer
@@ -108,7 +108,7 @@ def test_train_interrupt_resume_and_adapter_loads(tiny_llama: Path, tmp_path: Pa
     with pytest.raises(UsageError, match="different run.*lr"):
         stage.finetune_table(table, _config(tiny_llama, lr=1e-3), str(out))
 
-    record = stage.finetune_table(table, _config(tiny_llama), str(out), args_record={"k": "v"})
+    record = stage.finetune_table(table, _config(tiny_llama), str(out), args_record={"k": "v"}).record
     assert record["resumed_from"].endswith("checkpoint-2") and record["steps"] == 4
     assert not work.exists()
     assert stage.is_complete_run(out)

@@ -40,8 +40,8 @@ def adapter(tiny_llama: Path, tmp_path_factory) -> Path:
     rows = {"id": [f"t{i}" for i in range(8)], "instruction": ["Write a haiku about autumn."] * 8,
             "output": [ANSWER] * 8}
     out = tmp_path_factory.mktemp("adapters") / "run"
-    finetune.finetune_table(pa.table(rows), finetune.FinetuneConfig(model=str(tiny_llama), max_steps=2,
-                                                                    batch_size=4), str(out))
+    finetune.finetune_table(pa.table(rows), finetune.FinetuneOptions(model=str(tiny_llama), max_steps=2,
+                                                                     batch_size=4), str(out))
     return out
 
 

@@ -97,7 +97,7 @@ def command(
     from safesample.console import CONSOLE
 
     stage.check_output_dir(output, overwrite)
-    config = stage.FinetuneConfig(
+    options = stage.FinetuneOptions(
         model=model, template=template, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         target_modules=_modules(target_modules), max_length=max_length, val_size=val_size,
@@ -105,18 +105,18 @@ def command(
         merge=merge, seed=seed)
     table = load(input, limit)
     if dry_run:
-        print_plan(stage.plan(table, config, output, resume, overwrite))
+        print_plan(stage.plan(table, options, output, resume, overwrite))
         return
     args = {"input": input, "output": output, "model": model, "template": template, "epochs": epochs,
             "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
             "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
             "target_modules": target_modules, "max_length": max_length, "val_size": val_size,
             "val_include_safety": val_include_safety, "seed": seed, "limit": limit, "merge": merge}
-    record = stage.finetune_table(table, config, output, resume=resume, overwrite=overwrite, args_record=args,
+    result = stage.finetune_table(table, options, output, resume=resume, overwrite=overwrite, args_record=args,
                                   argv=argv(), reporter=CONSOLE)
-    if record:
-        loss = record["final_train_loss"]
-        CONSOLE.info(f"trained {record['steps']} steps in {record['train_seconds']:.0f} s"
+    if result is not None:  # None: another process of a multi-GPU run, which writes nothing
+        loss = result.final_train_loss
+        CONSOLE.info(f"trained {result.steps} steps in {result.train_seconds:.0f} s"
                      + (f", final loss {loss:.4f}" if loss is not None else "")
                      + f"; wrote {output}")
 
