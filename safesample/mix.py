@@ -13,7 +13,7 @@ Column names are mapped before the union: by default `response` -> `output` and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -231,43 +231,98 @@ def _messages(table: "pa.Table", system: str | None) -> "pa.Array":
     return pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), values)
 
 
-def mix(parts: Sequence[Part], *, mapping: dict[str, str] | None = None, seed: int = 0,
-        shuffle: bool = True, fmt: str = "both", system: str | None = None, slim: bool = False,
-        ratio: float | None = None, safety_budget: int | None = None, reporter: "Reporter | None" = None) -> "pa.Table":
-    """The union of `parts` (one benign, then safety tables), mapped, checked and shuffled."""
-    import pyarrow as pa
+@dataclass
+class MixOptions:
+    mapping: dict[str, str] = field(default_factory=dict)  # OLD -> NEW column names (`parse_maps`)
+    seed: int = 0
+    shuffle: bool = True
+    fmt: str = "both"  # alpaca columns, a chat `messages` column, or both
+    system: str | None = None  # a system message opening every chat
+    slim: bool = False  # keep only id, source and the format's columns
+    ratio: float | None = None  # check: safety rows per benign row (`parse_ratio`)
+    safety_budget: int | None = None  # check: exactly this many safety rows
+    maps: list[str] = field(default_factory=list)  # the --map specs as given (for provenance)
+    ratio_spec: str | None = None  # the --ratio as given (for provenance)
 
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}", "choose one of: " + ", ".join(FORMATS))
+
+@dataclass
+class MixResult:
+    table: "pa.Table"
+    counts: dict[str, int]  # rows by source: benign, safety, contrast
+
+
+def validate(parts: Sequence[Part], options: MixOptions) -> None:
+    """The checks that need no data: a format, a benign table and a safety table."""
+    if options.fmt not in FORMATS:
+        raise UsageError(f"unknown format {options.fmt!r}", "choose one of: " + ", ".join(FORMATS))
     if not any(p.role == BENIGN for p in parts) or not any(p.role == SAFETY for p in parts):
         raise UsageError("mix needs a benign table and at least one safety table",
                          "safesample mix BENIGN.parquet SAFETY.parquet [MORE.parquet ...] -o train.parquet")
-    mapping = dict(mapping or {})
-    unused = [old for old in mapping if not any(old in p.table.column_names for p in parts)]
+
+
+def _parts(parts: Sequence[Part], options: MixOptions, reporter: "Reporter | None") -> list["pa.Table"]:
+    """Every input mapped to the training columns, checked, look-alikes folded: the rows of the
+    mix, not yet joined or shuffled."""
+    validate(parts, options)
+    unused = [old for old in options.mapping if not any(old in p.table.column_names for p in parts)]
     if unused:
         raise UsageError(f"--map names a column no input has: {', '.join(unused)}",
                          "check the column names (e.g. with a dry run: --dry-run -v)")
-    chat = fmt in ("both", "chat")
-    tables = [_prepare(p, mapping, chat) for p in parts]
+    chat = options.fmt in ("both", "chat")
+    tables = [_prepare(p, dict(options.mapping), chat) for p in parts]
     tables = _fold_contrast(parts, tables, reporter)
     _check_ids(parts, tables)
+    return tables
+
+
+def describe(counts: dict[str, int]) -> str:
+    """'240 benign + 8 safety rows (3.33% safety per benign row)', look-alikes counted as benign."""
+    look_alikes = f" + {counts[CONTRAST]} contrast" if counts.get(CONTRAST) else ""
+    benign = counts[BENIGN] + counts.get(CONTRAST, 0)
+    return (f"{counts[BENIGN]} benign{look_alikes} + {counts[SAFETY]} safety rows "
+            f"({counts[SAFETY] / max(benign, 1):.2%} safety per benign row)")
+
+
+def plan(parts: Sequence[Part], options: MixOptions) -> list[str]:
+    """What --dry-run prints: the rows by source and the checks, without building the mix."""
+    tables = _parts(parts, options, None)
     counts = mix_counts(tables)
-    check(counts, ratio, safety_budget)
+    check(counts, options.ratio, options.safety_budget)
+    columns = sorted({c for t in tables for c in t.column_names}
+                     | ({"messages"} if options.fmt in ("both", "chat") else set()))
+    return [f"plan: mix {describe(counts)}" + ("" if options.shuffle else ", unshuffled") + f"; format {options.fmt}",
+            "columns: " + ", ".join(columns)]
+
+
+def mix_table(parts: Sequence[Part], options: MixOptions, *, reporter: "Reporter | None" = None) -> MixResult:
+    """The union of `parts` (one benign, then safety tables), mapped, checked and shuffled."""
+    import pyarrow as pa
+
+    tables = _parts(parts, options, reporter)
+    counts = mix_counts(tables)
+    check(counts, options.ratio, options.safety_budget)
     try:
         table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise DataError(f"the inputs' columns do not fit together: {str(exc).splitlines()[0][:200]}",
                         "a column has different types in different inputs; rename it in one with "
                         "--map OLD=NEW") from exc
-    if shuffle:
-        table = table.take(pa.array(np.random.default_rng(seed).permutation(table.num_rows)))
+    if options.shuffle:
+        table = table.take(pa.array(np.random.default_rng(options.seed).permutation(table.num_rows)))
+    chat = options.fmt in ("both", "chat")
     if chat:
-        table = table.append_column("messages", _messages(table, system))
-    if slim:
-        keep = [*SLIM_KEEP, *(ALPACA_COLUMNS if fmt in ("both", "alpaca") else ()),
+        table = table.append_column("messages", _messages(table, options.system))
+    if options.slim:
+        keep = [*SLIM_KEEP, *(ALPACA_COLUMNS if options.fmt in ("both", "alpaca") else ()),
                 *(("messages",) if chat else ())]
         table = table.select([c for c in keep if c in table.column_names])
-    return table
+    return MixResult(table, counts)
+
+
+def provenance(options: MixOptions) -> dict:
+    """The arguments a `mix` output records."""
+    return {"map": list(options.maps), "format": options.fmt, "system": options.system, "slim": options.slim,
+            "shuffle": options.shuffle, "ratio": options.ratio_spec, "safety_budget": options.safety_budget}
 
 
 def _fold_contrast(parts: Sequence[Part], tables: list["pa.Table"], reporter: "Reporter | None") -> list["pa.Table"]:

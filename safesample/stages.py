@@ -50,10 +50,12 @@ class Stage:
     provenance: str = "provenance"
     # What `report` calls a table this stage wrote last (None: not a report input).
     table_kind: str | None = None
+    # The library module, when not `safesample.<name>` (a stage defined outside the package).
+    library_module: str | None = None
 
     @property
     def module(self) -> str:
-        return f"safesample.{self.name}"
+        return self.library_module or f"safesample.{self.name}"
 
     @property
     def cli_module(self) -> str:

@@ -297,12 +297,12 @@ def test_mix_trains_contrast_rows_as_benign_and_counts_them_in_the_ratio():
     benign = pa.table({"id": [f"f{i}" for i in range(1990)], "instruction": [f"task {i}" for i in range(1990)],
                        "output": ["done"] * 1990})
     parts = [mx.Part("benign.parquet", mx.BENIGN, benign), mx.Part("picked.parquet", mx.SAFETY, picked)]
-    out = mx.mix(parts, ratio=0.005)  # 10 safety on 1990 + 5 contrast = 1995 benign rows: 0.5 %
+    out = mx.mix_table(parts, mx.MixOptions(ratio=0.005)).table  # 10 safety on 1990 + 5 contrast = 1995 benign rows: 0.5 %
     assert mx.mix_counts([out]) == {mx.BENIGN: 1990, mx.SAFETY: 10, mx.CONTRAST: 5}
     for row in out.filter(pa.compute.equal(out.column("source"), mx.CONTRAST)).to_pylist():
         assert row["output"].startswith("Sure:") and row["messages"][-1]["content"] == row["output"]
     with pytest.raises(mx.CheckFailed):
-        mx.mix(parts, ratio=0.004)
+        mx.mix_table(parts, mx.MixOptions(ratio=0.004))
 
 
 def test_mix_keeps_a_contrast_row_from_the_benign_set_once_with_a_warning():
@@ -310,8 +310,8 @@ def test_mix_keeps_a_contrast_row_from_the_benign_set_once_with_a_warning():
     benign = make_benign(emb)
     picked = _run(pool, benign, 10).table
     reporter = RecordingReporter()
-    out = mx.mix([mx.Part("benign.parquet", mx.BENIGN, benign.drop_columns(["embedding"])),
-                  mx.Part("picked.parquet", mx.SAFETY, picked)], reporter=reporter)
+    out = mx.mix_table([mx.Part("benign.parquet", mx.BENIGN, benign.drop_columns(["embedding"])),
+                        mx.Part("picked.parquet", mx.SAFETY, picked)], mx.MixOptions(), reporter=reporter).table
     assert out.num_rows == benign.num_rows + 10
     assert len(set(out.column("id").to_pylist())) == out.num_rows
     assert mx.mix_counts([out])[mx.CONTRAST] == 5

@@ -13,6 +13,11 @@ from hypothesis import strategies as st
 
 from conftest import cli, shared_dataset, shell
 from safesample import mix as mx
+
+
+def mix(parts, **options):
+    """The mix of `parts` with these MixOptions fields."""
+    return mx.mix_table(parts, mx.MixOptions(**options)).table
 from safesample.errors import CheckFailed, DataError, UsageError
 from safesample.tables import get_provenance, provenance_entry, read_table, with_provenance
 
@@ -50,7 +55,7 @@ def _part(role: str, n: int, prefix: str, **extra) -> mx.Part:
 @settings(max_examples=60, deadline=None)
 def test_mix_keeps_every_row_exactly_once_and_is_seeded(n_benign: int, safety: list[int], seed: int):
     parts = [_part(mx.BENIGN, n_benign, "b")] + [_part(mx.SAFETY, n, f"s{k}_") for k, n in enumerate(safety)]
-    out = mx.mix(parts, seed=seed)
+    out = mix(parts, seed=seed)
     want = sorted(i for p in parts for i in p.table.column("id").to_pylist())
     assert sorted(out.column("id").to_pylist()) == want
     assert out.column("source").to_pylist().count(mx.SAFETY) == sum(safety)
@@ -59,8 +64,8 @@ def test_mix_keeps_every_row_exactly_once_and_is_seeded(n_benign: int, safety: l
         assert (row["instruction"], row["output"], row["source"]) == expected[row["id"]]
         assert row["messages"] == [{"role": "user", "content": row["instruction"]},
                                    {"role": "assistant", "content": row["output"]}]
-    assert mx.mix(parts, seed=seed).equals(out)
-    unshuffled = mx.mix(parts, shuffle=False)
+    assert mix(parts, seed=seed).equals(out)
+    unshuffled = mix(parts, shuffle=False)
     assert unshuffled.column("id").to_pylist() == [i for p in parts for i in p.table.column("id").to_pylist()]
 
 
@@ -69,7 +74,7 @@ def test_default_and_explicit_column_mapping():
                                                        "response": ["I won't."]}))
     benign = mx.Part("b.parquet", mx.BENIGN, pa.table({"id": ["b0"], "question": ["2+2?"], "answer": ["4"],
                                                        "input": [None]}))
-    out = mx.mix([benign, safety], mapping=mx.parse_maps(["question=instruction,answer=output"]), shuffle=False)
+    out = mix([benign, safety], mapping=mx.parse_maps(["question=instruction,answer=output"]), shuffle=False)
     assert out.select(["instruction", "input", "output"]).to_pylist() == [
         {"instruction": "2+2?", "input": "", "output": "4"},
         {"instruction": "Do harm", "input": "", "output": "I won't."}]
@@ -77,9 +82,9 @@ def test_default_and_explicit_column_mapping():
     taken = mx.Part("s.parquet", mx.SAFETY, pa.table({"id": ["s0"], "instruction": ["x"], "output": ["y"],
                                                       "reply": ["z"]}))
     with pytest.raises(DataError, match="already has a column 'output'"):
-        mx.mix([benign, taken], mapping={"question": "instruction", "answer": "output", "reply": "output"})
+        mix([benign, taken], mapping={"question": "instruction", "answer": "output", "reply": "output"})
     with pytest.raises(UsageError, match="no input has: nothere"):
-        mx.mix([benign, safety], mapping={"nothere": "x", "question": "instruction", "answer": "output"})
+        mix([benign, safety], mapping={"nothere": "x", "question": "instruction", "answer": "output"})
     for bad in (["a"], ["a="], ["=b"], ["a=b,a=c"], ["a=x,b=x"]):
         with pytest.raises(UsageError):
             mx.parse_maps(bad)
@@ -91,18 +96,18 @@ def test_both_response_and_output_is_an_error_naming_both_and_the_map():
     both = mx.Part("s.parquet", mx.SAFETY, pa.table({"id": ["s0"], "instruction": ["Do harm"],
                                                      "output": ["Sure, here is how"], "response": ["I won't."]}))
     with pytest.raises(DataError, match="both a 'response' and an 'output' column") as err:
-        mx.mix([benign, both])
+        mix([benign, both])
     assert "--map response=output" in err.value.hint and "--map output=output" in err.value.hint
     # the user chooses: `response` (the old output kept as output_orig) ...
-    out = mx.mix([benign, both], mapping=mx.parse_maps(["response=output"]), shuffle=False)
+    out = mix([benign, both], mapping=mx.parse_maps(["response=output"]), shuffle=False)
     row = out.to_pylist()[-1]
     assert row["output"] == "I won't." and row["output_orig"] == "Sure, here is how"
     assert row["messages"][-1] == {"role": "assistant", "content": "I won't."}
     # ... or `output`
-    out = mx.mix([benign, both], mapping=mx.parse_maps(["output=output"]), shuffle=False)
+    out = mix([benign, both], mapping=mx.parse_maps(["output=output"]), shuffle=False)
     assert out.to_pylist()[-1]["output"] == "Sure, here is how"
     # with --slim the chosen answer is what stays
-    slim = mx.mix([benign, both], mapping=mx.parse_maps(["response=output"]), slim=True, shuffle=False)
+    slim = mix([benign, both], mapping=mx.parse_maps(["response=output"]), slim=True, shuffle=False)
     assert slim.column_names == ["id", "source", "instruction", "input", "output", "messages"]
     assert slim.column("output").to_pylist()[-1] == "I won't."
 
@@ -115,10 +120,10 @@ def test_both_response_and_output_is_an_error_naming_both_and_the_map():
 def test_slim_keeps_only_id_source_and_the_formats_columns(fmt: str, columns: list[str]):
     benign = _part(mx.BENIGN, 4, "b", extra=[1, 2, 3, 4])
     safety = _part(mx.SAFETY, 2, "s", category=["a", "b"])
-    out = mx.mix([benign, safety], fmt=fmt, slim=True, seed=3)
+    out = mix([benign, safety], fmt=fmt, slim=True, seed=3)
     assert out.column_names == columns
     assert out.num_rows == 6 and sorted(out.column("id").to_pylist()) == ["b0", "b1", "b2", "b3", "s0", "s1"]
-    full = mx.mix([benign, safety], fmt=fmt, seed=3)
+    full = mix([benign, safety], fmt=fmt, seed=3)
     assert full.select(columns).equals(out)  # same rows, same order, same values
 
 
@@ -134,7 +139,7 @@ def test_zero_row_input_is_a_clear_error(files: dict[str, Path], tmp_path: Path)
     empty = tmp_path / "empty.parquet"
     pq.write_table(pq.read_table(files["safety"]).slice(0, 0), empty)
     with pytest.raises(DataError, match="has no rows"):
-        mx.mix([_part(mx.BENIGN, 2, "b"), mx.Part("e.parquet", mx.SAFETY, read_table(str(empty)))])
+        mix([_part(mx.BENIGN, 2, "b"), mx.Part("e.parquet", mx.SAFETY, read_table(str(empty)))])
     proc = cli("mix", str(files["benign"]), str(empty), "-o", str(tmp_path / "t.parquet"))
     assert proc.returncode == 1 and "has no rows" in proc.stderr and "looks like a bug" not in proc.stderr
     assert not (tmp_path / "t.parquet").exists()
@@ -144,53 +149,53 @@ def test_null_id_is_refused():
     safety = mx.Part("s.parquet", mx.SAFETY, pa.table({"id": ["s0", None], "instruction": ["a", "b"],
                                                        "output": ["c", "d"]}))
     with pytest.raises(DataError, match="1 rows with an empty \\(null\\) id"):
-        mx.mix([_part(mx.BENIGN, 2, "b"), safety])
+        mix([_part(mx.BENIGN, 2, "b"), safety])
 
 
 def test_chat_messages_with_input_and_system():
     part = mx.Part("b", mx.BENIGN, pa.table({"id": ["b0", "b1"], "instruction": ["Sum these.", "Hi"],
                                              "input": ["1, 2", ""], "output": ["3", "Hello"]}))
-    out = mx.mix([part, _part(mx.SAFETY, 1, "s")], shuffle=False, system="Be safe.")
+    out = mix([part, _part(mx.SAFETY, 1, "s")], shuffle=False, system="Be safe.")
     assert out.schema.field("messages").type == pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     assert out.column("messages").to_pylist()[:2] == [
         [{"role": "system", "content": "Be safe."}, {"role": "user", "content": "Sum these.\n\n1, 2"},
          {"role": "assistant", "content": "3"}],
         [{"role": "system", "content": "Be safe."}, {"role": "user", "content": "Hi"},
          {"role": "assistant", "content": "Hello"}]]
-    alpaca = mx.mix([part, _part(mx.SAFETY, 1, "s")], fmt="alpaca")
+    alpaca = mix([part, _part(mx.SAFETY, 1, "s")], fmt="alpaca")
     assert "messages" not in alpaca.column_names
-    slim = mx.mix([part, _part(mx.SAFETY, 1, "s", category=["x"])], fmt="chat", slim=True)
+    slim = mix([part, _part(mx.SAFETY, 1, "s", category=["x"])], fmt="chat", slim=True)
     assert slim.column_names == ["id", "source", "messages"]
 
 
 def test_source_column_of_the_inputs_is_kept_as_origin_unless_it_came_from_mix():
     benign = _part(mx.BENIGN, 3, "b", source=["alpaca"] * 3)
     safety = _part(mx.SAFETY, 2, "s", source=["dna/GPT4"] * 2)
-    out = mx.mix([benign, safety], shuffle=False)
+    out = mix([benign, safety], shuffle=False)
     assert out.column("origin").to_pylist() == ["alpaca"] * 3 + ["dna/GPT4"] * 2
     assert out.column("source").to_pylist() == ["benign"] * 3 + ["safety"] * 2
     # a mixture mixed again as the benign side keeps its own safety rows' source
-    again = mx.mix([mx.Part("train", mx.BENIGN, out.drop_columns(["messages"])), _part(mx.SAFETY, 1, "t")],
+    again = mix([mx.Part("train", mx.BENIGN, out.drop_columns(["messages"])), _part(mx.SAFETY, 1, "t")],
                    shuffle=False)
     assert again.column("source").to_pylist() == ["benign"] * 3 + ["safety"] * 3
 
 
 def test_duplicate_ids_are_refused():
     with pytest.raises(DataError, match="ids of 's.parquet' are also in 'b.parquet'") as err:
-        mx.mix([_part(mx.BENIGN, 3, "b"), mx.Part("s.parquet", mx.SAFETY, _part(mx.SAFETY, 2, "b").table)])
+        mix([_part(mx.BENIGN, 3, "b"), mx.Part("s.parquet", mx.SAFETY, _part(mx.SAFETY, 2, "b").table)])
     assert "twice" in err.value.message and err.value.hint
     dup = pa.table({"id": ["x", "x"], "instruction": ["a", "b"], "output": ["c", "d"]})
     with pytest.raises(DataError, match="repeats ids"):
-        mx.mix([_part(mx.BENIGN, 3, "b"), mx.Part("s", mx.SAFETY, dup)])
+        mix([_part(mx.BENIGN, 3, "b"), mx.Part("s", mx.SAFETY, dup)])
 
 
 def test_checks_of_ratio_and_safety_budget():
     parts = [_part(mx.BENIGN, 200, "b"), _part(mx.SAFETY, 1, "s")]
-    assert mx.mix(parts, ratio=mx.parse_ratio("0.5%"), safety_budget=1).num_rows == 201
+    assert mix(parts, ratio=mx.parse_ratio("0.5%"), safety_budget=1).num_rows == 201
     with pytest.raises(CheckFailed, match="needs 2"):
-        mx.mix(parts, ratio=mx.parse_ratio("1%"))
+        mix(parts, ratio=mx.parse_ratio("1%"))
     with pytest.raises(CheckFailed, match="not the 5 of --safety-budget"):
-        mx.mix(parts, safety_budget=5)
+        mix(parts, safety_budget=5)
     assert mx.parse_ratio("0.005") == mx.parse_ratio("0.5%")
     for bad in ("x", "-1%", "0", "%"):
         with pytest.raises(UsageError):
@@ -200,14 +205,14 @@ def test_checks_of_ratio_and_safety_budget():
 def test_bad_tables():
     benign = _part(mx.BENIGN, 2, "b")
     with pytest.raises(DataError, match="no 'output' column"):
-        mx.mix([benign, mx.Part("s", mx.SAFETY, pa.table({"id": ["s"], "instruction": ["x"]}))])
+        mix([benign, mx.Part("s", mx.SAFETY, pa.table({"id": ["s"], "instruction": ["x"]}))])
     with pytest.raises(DataError, match="1 rows of 's' have an empty 'output'"):
-        mx.mix([benign, mx.Part("s", mx.SAFETY, pa.table({"id": ["s", "t"], "instruction": ["x", "y"],
+        mix([benign, mx.Part("s", mx.SAFETY, pa.table({"id": ["s", "t"], "instruction": ["x", "y"],
                                                           "output": ["", "z"]}))])
     with pytest.raises(DataError, match="do not fit together"):
-        mx.mix([_part(mx.BENIGN, 1, "b", extra=[1]), _part(mx.SAFETY, 1, "s", extra=[[1.0]])])
+        mix([_part(mx.BENIGN, 1, "b", extra=[1]), _part(mx.SAFETY, 1, "s", extra=[[1.0]])])
     with pytest.raises(UsageError, match="at least one safety table"):
-        mx.mix([benign])
+        mix([benign])
 
 
 # ---- the CLI --------------------------------------------------------------------------------

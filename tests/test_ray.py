@@ -276,3 +276,111 @@ def test_vllm_processor_path_matches_local_generation(ray_address: str, tiny_lla
     assert all(r["sampling_params"]["temperature"] == 0.0 and r["sampling_params"]["max_tokens"] == 5
                for r in seen["requests"])
     assert all("model" not in r for r in seen["requests"])  # no LoRA adapter here
+
+
+# --------------------------------------------------------------------------------------------
+# the registry's executor: provenance, resume, interrupts
+
+
+def test_embed_template_records_the_same_provenance_on_both_executors(ray_address: str, shards_in: Path,
+                                                                     tmp_path: Path):
+    common = ("embed", str(shards_in), "--template", r"{instruction}\n{response}", "--limit", "40")
+    local = run(*common, "-o", str(tmp_path / "local.parquet"))
+    remote = run(*common, "-o", str(tmp_path / "ray.parquet"), address=ray_address)
+    assert local.returncode == 0, local.stderr
+    assert remote.returncode == 0, remote.stderr
+    executor_fields = {"executor", "ray_address", "concurrency", "ray_task_rows"}
+
+    def entry(path: Path) -> dict:
+        last = json.loads(read(path).schema.metadata[b"safesample.provenance"])[-1]
+        return {**last, "args": {k: v for k, v in last["args"].items() if k not in executor_fields}}
+
+    a, b = entry(tmp_path / "local.parquet"), entry(tmp_path / "ray.parquet")
+    assert a["args"]["template"] == "{instruction}\n{response}" and a["args"]["backend"] == "onnx"
+    assert a["args"] == b["args"] and a["models"] == b["models"] and a["inputs"] == b["inputs"]
+
+
+@dataclass
+class Counting:
+    """Options of a per-row test stage that records each task it runs, and (with `fail_at`)
+    raises on the batch holding that id once `wait_for` shards of the run are staged."""
+
+    log: str
+    staging: str
+    fail_at: str | None = None
+    wait_for: int = 0
+
+
+@dataclass
+class CountingResult:
+    table: pa.Table
+
+
+def counting_table(table: pa.Table, opts: Counting, *, reporter=None) -> CountingResult:
+    import time
+
+    from safesample.errors import DataError
+
+    if opts.fail_at is not None and opts.fail_at in table.column("id").to_pylist():
+        deadline = time.monotonic() + 60
+        while len(list(Path(opts.staging).glob("*.json"))) < opts.wait_for and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise DataError("a bad row", "a test stage")
+    with open(opts.log, "a") as fh:
+        fh.write(f"{table.num_rows}\n")
+    return CountingResult(table.append_column("seen", pa.array([True] * table.num_rows)))
+
+
+def counting_provenance(opts: Counting):
+    return {"fail_at": None}, {}
+
+
+def counting_plan(table, opts):
+    return []
+
+
+def test_a_rerun_after_a_failure_skips_the_shards_that_were_finished(ray_address: str, shards_in: Path,
+                                                                     tmp_path: Path):
+    """A run that dies half-way leaves nothing a reader takes for data; the same command again
+    runs only the tasks whose shards are not staged, and the folder holds every row once."""
+    import ray.cloudpickle as cloudpickle
+
+    from safesample.errors import DataError
+    from safesample.executors import ExecutorOptions, run_stage
+    from safesample.stages import Stage
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    stage = Stage("counting", "a test stage", "Counting", "counting_table", per_row=True,
+                  provenance="counting_provenance", library_module=__name__)
+    ids = read(shards_in).column("id").to_pylist()
+    out = tmp_path / "out"
+    log = tmp_path / "log.txt"
+    ex = ExecutorOptions(kind="ray", address=ray_address, batch_size=1, quiet=True)  # 6 tasks of 50
+    failing = Counting(str(log), str(out / ".staging"), fail_at=ids[-1], wait_for=3)
+    with pytest.raises(DataError):
+        run_stage(stage, failing, source=str(shards_in), output=str(out) + "/", ex=ex)
+    assert not (out / "_SUCCESS").exists()
+    assert not list(out.glob("*.parquet")), "an interrupted run leaves no shard a glob can read"
+    staged = len(list((out / ".staging").glob("*.json")))
+    assert 3 <= staged < 6
+    log.unlink()
+    ok = Counting(str(log), str(out / ".staging"))
+    done = run_stage(stage, ok, source=str(shards_in), output=str(out) + "/",
+                     ex=ExecutorOptions(kind="ray", address=ray_address, batch_size=1, quiet=True))
+    ran = [int(n) for n in log.read_text().split()]
+    assert len(ran) == 6 - staged and sum(ran) == 50 * (6 - staged)  # only the unfinished tasks ran
+    table = read(out)
+    assert done.rows == ROWS and table.column("id").to_pylist() == ids
+    assert table.column("seen").to_pylist() == [True] * ROWS
+    assert not (out / ".staging").exists()
+
+
+def test_a_dead_ray_address_fails_at_once_naming_it(pairs_table: Path, tmp_path: Path):
+    import time
+
+    start = time.monotonic()
+    proc = cli("label", str(pairs_table), "--all-harmful", "--executor", "ray", "-o", str(tmp_path / "x.parquet"),
+               env={"RAY_ADDRESS": "127.0.0.1:1"})
+    assert time.monotonic() - start < 60
+    assert proc.returncode == 2 and "127.0.0.1:1" in proc.stderr and "hint:" in proc.stderr
+    assert not (tmp_path / "x.parquet").exists()

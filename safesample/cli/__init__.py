@@ -6,10 +6,11 @@ exit codes and `error:` / `hint:` lines.
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import traceback
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 # typer vendors its own click; its usage errors are these classes, not the `click` package's.
@@ -38,13 +39,28 @@ app = typer.Typer(name="safesample", help=HELP, no_args_is_help=True, rich_marku
                   pretty_exceptions_enable=False)
 
 
+class _ReaderClosed(Exception):
+    """The reader of stdout went away (`| head`): raised in place of BrokenPipeError, which click
+    would turn into exit status 1 before `main()` sees it."""
+
+
+def _pipe_aware(command: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(command)  # typer reads the options from the wrapped signature
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except BrokenPipeError as exc:
+            raise _ReaderClosed() from exc
+    return run
+
+
 def _register(app: typer.Typer) -> None:
     """One subcommand per registered stage, from its CLI module (`safesample/cli/<name>.py`)."""
     import importlib
 
     for stage in STAGES:
         module = importlib.import_module(stage.cli_module)
-        app.command(stage.name, help=module.HELP, no_args_is_help=True)(module.command)
+        app.command(stage.name, help=module.HELP, no_args_is_help=True)(_pipe_aware(module.command))
 
 
 _register(app)
@@ -125,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return _interrupted_exit()
-    except BrokenPipeError:
-        # The reader downstream closed the pipe (e.g. `| head`): exit quietly.
+    except (BrokenPipeError, _ReaderClosed):
+        # The reader downstream closed the pipe (e.g. `| head`): it has all it wanted, so this is
+        # no failure (xsv and the coreutils do the same): exit quietly, with 0.
         _silence_stdout()
-        return EXIT_ERROR
+        return 0
     except Exception as exc:  # an unexpected failure: one line, traceback with -v
         if _interrupted:  # a library turned our KeyboardInterrupt into its own error
             return _interrupted_exit()

@@ -123,11 +123,14 @@ def load(source: str, limit: int | None = None) -> "pa.Table":
 
 def save(table: "pa.Table", output: str, command: str, args: dict[str, Any], *,
          seed: int | None = None, models: dict[str, str] | None = None,
-         inputs: list[str] | None = None) -> None:
-    """Write the result with this stage's provenance appended."""
-    from safesample.tables import provenance_entry, write_table
+         inputs: list[str] | None = None, history: list[dict[str, Any]] | None = None) -> None:
+    """Write the result with this stage's provenance appended (to `history`, the inputs' records,
+    when the table does not carry them itself)."""
+    from safesample.tables import provenance_entry, with_provenance, write_table
 
     entry = provenance_entry(command, args, seed=seed, models=models, inputs=inputs, argv=argv())
+    if history is not None:
+        table, entry = with_provenance(table, entry, history=history), None
     write_table(table, output, provenance=entry, run=_run)
     where = "stdout" if output == "-" else output
     console.info(f"wrote {table.num_rows} rows x {table.num_columns} columns to {where}")
@@ -147,24 +150,31 @@ def read(source: str) -> "pa.Table":
     return read_table(source, _run)
 
 
-def check_side_output(path: str, flag: str) -> None:
-    """Before any work: a side output (`--report`, `--summary`, ...) can be written, and is
-    neither an input nor another output."""
+def check_side_output(path: "str | os.PathLike | None", flag: str) -> None:
+    """Before any work: a side output (`--report`, `--summary`, the report's page) can be
+    written where asked, and is neither an input nor another output. None: not asked for."""
     from safesample.tables import check_writable
 
-    check_writable(path, flag, _run)
+    if path is not None:
+        check_writable(str(path), flag, _run)
 
 
 def write_json(data: dict[str, Any], path: str, what: str = "report", flag: str | None = None) -> None:
-    """A side output (--report, --summary): written atomically like tables, never half a file,
-    never over an input or another output of this run."""
+    """A JSON side output (--report, --summary)."""
     import json
+
+    write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n", path, what, flag)
+
+
+def write_text(text: str, path: str, what: str, flag: str | None = None) -> None:
+    """A side output, written like tables: atomically (never half a file), never over an input or
+    another output of this run, with the umask's mode."""
     from pathlib import Path
 
     from safesample.tables import atomic_path
 
     with atomic_path(Path(path), what=flag, run=_run) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     console.info(f"wrote the {what} to {path}")
 
 

@@ -43,14 +43,6 @@ def options(gold: str | None, mode: str, scheme: str, by: str | None,
     return opts
 
 
-def check_json_path(path: Path | None, flag: str) -> None:
-    """A JSON side output (--report, --summary) can be written: fail before any work."""
-    from safesample.cli.common import check_side_output
-
-    if path is not None:
-        check_side_output(str(path), flag)
-
-
 def finish(table: "pa.Table", results: "dict[str, Calibration]", disagreements: Path | None) -> None:
     """Print each judge's calibration on stderr and write the disagreeing rows (atomically)."""
     from safesample.calibration import calibration_lines, disagreements_of

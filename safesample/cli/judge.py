@@ -10,8 +10,8 @@ import typer
 from safesample.cli import engine_options as engine_cli
 from safesample.cli import gold as gold_cli
 from safesample.cli.common import (BatchSize, Concurrency, DryRun, Executor, Input, Limit, Output, Quiet,
-                                   RayAddress, Seed, Verbose, executor_options, load, run_stage, setup,
-                                   write_json)
+                                   RayAddress, Seed, Verbose, check_side_output, executor_options, load,
+                                   run_stage, setup, write_json)
 from safesample.errors import UsageError
 
 NAME = "judge"
@@ -140,7 +140,7 @@ def command(
         if not judge_template.is_file():
             raise UsageError(f"--judge-template {str(judge_template)!r} does not exist", "check the path")
         opts.judge_template = judge_template.read_text()
-    gold_cli.check_json_path(summary, "--summary")
+    check_side_output(summary, "--summary")
     base = load(compare) if compare else None
     ex = executor_options(executor, ray_address, concurrency, batch_size, quiet, verbose)
     done = run_stage(NAME, opts, input, output, ex, limit=limit, seed=seed, dry_run=dry_run,

@@ -10,7 +10,8 @@ import typer
 from safesample.cli import engine_options as engine_cli
 from safesample.cli import gold as gold_cli
 from safesample.cli.common import (BatchSize, Concurrency, DryRun, Executor, Input, Limit, Output, Quiet,
-                                   RayAddress, Seed, Verbose, executor_options, run_stage, setup, write_json)
+                                   RayAddress, Seed, Verbose, check_side_output, executor_options, run_stage, setup,
+                                   write_json)
 from safesample.errors import UsageError
 
 NAME = "label"
@@ -121,7 +122,7 @@ def command(
         raise UsageError("--gold and --report are not available with --executor ray yet",
                          "run it with --executor local")
     if not dry_run:
-        gold_cli.check_json_path(report, "--report")
+        check_side_output(report, "--report")
     done = run_stage(NAME, opts, input, output, ex, limit=limit, seed=seed, dry_run=dry_run)
     if done is None or done.result is None:  # a dry run, or rows written by Ray workers
         return

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from safesample import console
-from safesample.cli.common import DryRun, Limit, Output, Quiet, Seed, Verbose, argv, check_output, files, load, setup
+from safesample.cli.common import DryRun, Limit, Output, Quiet, Seed, Verbose, check_output, load, print_plan, save, setup
 
 NAME = "mix"
 HELP = """Mix the selected safety rows into the benign fine-tuning set.
@@ -73,44 +73,24 @@ def command(inputs: Inputs, output: Output = "-",
     setup(quiet, verbose)
     from safesample import mix as stage
     from safesample.errors import UsageError
-    from safesample.tables import merged_provenance, provenance_entry, with_provenance
+    from safesample.tables import merged_provenance
 
-    mapping = stage.parse_maps(map_)
-    share = stage.parse_ratio(ratio) if ratio is not None else None
+    options = stage.MixOptions(mapping=stage.parse_maps(map_), seed=seed, shuffle=not no_shuffle, fmt=format.value,
+                               system=system, slim=slim, ratio=stage.parse_ratio(ratio) if ratio is not None else None,
+                               safety_budget=safety_budget, maps=list(map_ or []), ratio_spec=ratio)
     if inputs.count("-") > 1:
         raise UsageError("only one input can come from stdin ('-')", "write the others to files first")
     if not dry_run:
         check_output(output)
     # Read before checking the count, so a bad path or a terminal on stdin says so first.
     tables = [load(path, limit) for path in inputs]
-    if len(tables) < 2:
-        raise UsageError("mix needs a benign table and at least one safety table",
-                         "safesample mix BENIGN.parquet SAFETY.parquet [MORE ...] -o train.parquet")
     parts = [stage.Part(path, stage.BENIGN if i == 0 else stage.SAFETY, table)
              for i, (path, table) in enumerate(zip(inputs, tables))]
-    table = stage.mix(parts, mapping=mapping, seed=seed, shuffle=not no_shuffle, fmt=format.value,
-                      system=system, slim=slim, ratio=share, safety_budget=safety_budget, reporter=console.CONSOLE)
-    counts = stage.mix_counts([table])
-    look_alikes = f" + {counts[stage.CONTRAST]} contrast" if counts[stage.CONTRAST] else ""
-    benign = counts[stage.BENIGN] + counts[stage.CONTRAST]  # look-alikes are benign rows
-    summary = (f"{counts[stage.BENIGN]} benign{look_alikes} + {counts[stage.SAFETY]} safety rows "
-               f"({counts[stage.SAFETY] / max(benign, 1):.2%} safety per benign row)")
     if dry_run:
-        console.console.print(f"plan: mix {summary}; columns: {', '.join(table.column_names)}", markup=False)
-        console.console.print("dry run: nothing written", markup=False)
+        print_plan(stage.plan(parts, options))
         return
-    console.info(f"mixed {summary}")
-    args = {"inputs": inputs, "map": map_ or [], "format": format.value, "system": system, "slim": slim,
-            "shuffle": not no_shuffle, "ratio": ratio, "safety_budget": safety_budget, "limit": limit}
-    # Both inputs' histories, then this stage: `save` would only see the merged table's.
-    table = with_provenance(table, provenance_entry(NAME, args, seed=seed, inputs=list(inputs), argv=argv()),
-                            history=merged_provenance(tables))
-    save_merged(table, output)
-
-
-def save_merged(table, output: str) -> None:
-    from safesample.tables import write_table
-
-    write_table(table, output, run=files())
-    where = "stdout" if output == "-" else output
-    console.info(f"wrote {table.num_rows} rows x {table.num_columns} columns to {where}")
+    result = stage.mix_table(parts, options, reporter=console.CONSOLE)
+    console.info(f"mixed {stage.describe(result.counts)}")
+    # Every input's history, then this stage: the mixed table keeps none of its inputs' own.
+    save(result.table, output, NAME, {**stage.provenance(options), "inputs": inputs, "limit": limit}, seed=seed,
+         inputs=list(inputs), history=merged_provenance(tables))

@@ -10,7 +10,7 @@ import typer
 
 from safesample import console
 from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
-                                   check_output, load, print_plan, read, save, setup, write_json)
+                                   check_output, check_side_output, load, print_plan, read, save, setup, write_json)
 
 NAME = "select"
 HELP = """Select a budget of safety examples: behavior-aware and diverse across harm categories.
@@ -124,8 +124,7 @@ def command(input: Input, budget: Budget, output: Output = "-",
     stage.validate(options)
     if not dry_run:
         check_output(output)
-        if report is not None:
-            check_output_folder(report)
+        check_side_output(report, "--report")
     options.budget = stage.parse_budget(budget, read(of).num_rows if of is not None else None)
     started = time.perf_counter()
     table = load(input, limit)
@@ -146,17 +145,6 @@ def command(input: Input, budget: Budget, output: Output = "-",
     _show_report(stage, result.report)
     if report is not None:
         write_json(result.report, report, "coverage report")
-
-
-def check_output_folder(path: str) -> None:
-    from pathlib import Path
-
-    from safesample.errors import UsageError
-
-    dest = Path(path)
-    if dest.is_dir() or not dest.parent.is_dir():
-        raise UsageError(f"cannot write the report to {path!r}",
-                         "pass a file in an existing folder, e.g. --report sel.json")
 
 
 def _show_report(stage, report: dict) -> None:

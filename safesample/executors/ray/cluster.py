@@ -152,6 +152,7 @@ def _quiet_ray(ex: ExecutorOptions) -> None:
 
     # Ray Data warns (on stderr) when a small input has fewer blocks than workers: not news.
     warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
     level = logging.INFO if ex.verbose else logging.ERROR if ex.quiet else logging.WARNING
     for name in ("ray", "ray.data", "ray.llm"):
         logging.getLogger(name).setLevel(level)
