@@ -93,8 +93,6 @@ def _on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
 
-_on_sigterm = _on_signal  # the old name
-
 
 def _install_signal_handlers() -> None:
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then keeps
