@@ -3,9 +3,9 @@
 Both return float32 (n, dim) arrays with the model's own pooling (and L2 normalisation when the
 model has a Normalize module), so `embed` can swap one for the other.
 
-The ONNX backend exports the model once with `torch.onnx.export(..., dynamo=True)`, fuses it with
-ONNX Runtime's transformer optimiser (SkipLayerNormalization, BiasGelu) and caches the result under
-`cache_dir()/onnx/`; later runs import neither torch nor transformers, only onnxruntime and
+The ONNX backend exports the model once (`onnx_export`: `torch.onnx.export(..., dynamo=True)`,
+fused with ONNX Runtime's transformer optimiser (SkipLayerNormalization, BiasGelu), cached under
+`cache_dir()/onnx/`); later runs import neither torch nor transformers, only onnxruntime and
 `tokenizers`. It stays in float32 on purpose: int8 dynamic quantisation computes activation scales
 per batch, so a text's vector depended on its batch mates (cosine 0.98 between batch sizes) and
 the cache mixed such vectors. In float32 the same text gets the same vector (bitwise in our
@@ -22,12 +22,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
+from safesample.backends.onnx_export import EXPORT_FORMAT, ONNX_FILE, ensure_export, export_dir, package_version
 from safesample.errors import ModelError, UsageError
 from safesample.reporter import SILENT, Reporter
 
@@ -39,10 +38,6 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), "all-minilm-l6-v2", "minilm"}
 BACKENDS = ("auto", "onnx", "torch")
 DEFAULT_BATCH_SIZE = 64
-# Bump when the export recipe changes, so older cached exports (and vectors) are not reused.
-# 2: float32 with fused layers (was int8 dynamic quantisation, batch dependent).
-_EXPORT_FORMAT = 2
-ONNX_FILE = "model.fp32.onnx"
 PRECISION = {"onnx": "fp32", "torch": "fp32"}
 _SUPPORTED_MODULES = {"Transformer", "Pooling", "Normalize"}
 _POOLING_MODES = ("mean_tokens", "cls_token", "max_tokens", "mean_sqrt_len_tokens")
@@ -74,8 +69,9 @@ class EmbeddingModel:
         shape = (layout if isinstance(layout, str) else
                  f"{layout.pooling},normalize={layout.normalize},max_length={layout.max_length},"
                  f"lowercase={layout.lowercase}")
-        runtime = (f"onnxruntime=={_version('onnxruntime')},recipe={_EXPORT_FORMAT}" if backend == "onnx"
-                   else f"torch=={_version('torch')},sentence-transformers=={_version('sentence-transformers')}")
+        runtime = (f"onnxruntime=={package_version('onnxruntime')},recipe={EXPORT_FORMAT}" if backend == "onnx"
+                   else f"torch=={package_version('torch')},"
+                        f"sentence-transformers=={package_version('sentence-transformers')}")
         return {"model": self.name, "fingerprint": self.fingerprint, "backend": backend,
                 "weights": content_hash(Path(self.path)), "precision": PRECISION.get(backend, backend),
                 "layout": shape, "runtime": runtime}
@@ -265,7 +261,7 @@ def _onnx_unavailable(model: EmbeddingModel) -> str | None:
     layout = _layout(Path(model.path))
     if isinstance(layout, str):
         return layout
-    if not _export_dir(model).exists() and (missing := _missing("onnx", "onnxscript")):
+    if not export_dir(model).exists() and (missing := _missing("onnx", "onnxscript")):
         return f"{missing} is not installed (needed once, to export the model)"
     return None
 
@@ -336,7 +332,8 @@ class OnnxEncoder:
         self.name = model.name
         self.batch_size = batch_size
         self.layout = layout
-        folder = ensure_export(model, reporter=reporter)
+        self.tokenizer = _tokenizer(Path(model.path), layout.max_length)
+        folder = ensure_export(model, self.tokenizer, layout.max_length, reporter=reporter)
         meta = _read_json(folder / "meta.json")
         self.dim = int(meta["dim"])
         options = ort.SessionOptions()
@@ -352,7 +349,6 @@ class OnnxEncoder:
             raise ModelError(f"cannot load the ONNX export of {model.name}: {str(exc)[:200]}",
                              f"delete {folder} to re-export it, or pass --backend torch") from exc
         self.inputs = {i.name for i in self.session.get_inputs()}
-        self.tokenizer = _tokenizer(Path(model.path), layout.max_length)
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> "np.ndarray":
         import numpy as np
@@ -422,134 +418,3 @@ def _special(folder: Path, key: str) -> str | None:
         if isinstance(value, str):
             return value
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# the ONNX export, once per model
-
-
-def _export_dir(model: EmbeddingModel) -> Path:
-    from safesample.cache import cache_dir, settings_key
-
-    key = settings_key(model=model.name, fingerprint=model.fingerprint, format=_EXPORT_FORMAT,
-                       onnxruntime=_version("onnxruntime"), torch=_version("torch"))
-    return cache_dir() / "onnx" / key
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "none"
-
-
-def ensure_export(model: EmbeddingModel, *, reporter: Reporter = SILENT) -> Path:
-    """The folder of the float32 ONNX export of `model`, exporting it first when not cached."""
-    dest = _export_dir(model)
-    if (dest / "meta.json").exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    reporter.info(f"exporting {model.name} to ONNX float32 (once; cached in {dest.parent})")
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=dest.parent))
-    try:
-        meta = export_onnx(Path(model.path), work)
-        (work / "meta.json").write_text(json.dumps({**meta, "model": model.name, "precision": "fp32",
-                                                    "format": _EXPORT_FORMAT}))
-        try:
-            os.rename(work, dest)  # atomic: another process either sees the whole export or none
-        except OSError:
-            if not (dest / "meta.json").exists():  # not a concurrent export that won the race
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return dest
-
-
-def export_onnx(folder: Path, work: Path) -> dict:
-    """Export the transformer of the model in `folder` to `work/model.fp32.onnx`.
-
-    Only the transformer is exported (token embeddings out); pooling and normalisation run in
-    numpy, as the model's own config says. The graph is fused with ONNX Runtime's transformer
-    optimiser where it can (it stays float32: every op works row by row, nothing per batch).
-    """
-    import logging
-    import warnings
-
-    import torch
-    from transformers import AutoModel
-
-    from transformers.utils import logging as hf_logging
-
-    layout = _layout(folder)
-    assert not isinstance(layout, str), layout
-    hf_logging.disable_progress_bar()
-    transformer = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
-    import inspect
-
-    names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in inspect.signature(transformer.forward).parameters:
-        names.append("token_type_ids")
-
-    class TokenEmbeddings(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *args):
-            return self.inner(**dict(zip(names, args))).last_hidden_state
-
-    # Real, padded example inputs: constant or unpadded ones let the exporter specialise the
-    # attention mask away, and the graph then silently disagrees with the model on real text.
-    tok = _tokenizer(folder, layout.max_length)
-    encodings = tok.encode_batch(["Write a short poem about the sea and the wind.", "How do I pick a lock?",
-                                  "Hi"])
-    example = [torch.tensor([e.ids for e in encodings]), torch.tensor([e.attention_mask for e in encodings]),
-               torch.tensor([e.type_ids for e in encodings])][:len(names)]
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    seq = torch.export.Dim("seq", min=1, max=max(layout.max_length, example[0].shape[1]))
-    dynamic = {name: {0: batch, 1: seq} for name in names}
-    fp32 = work / "model.onnx"
-    logging.disable(logging.WARNING)  # the exporter and quantiser log hints meant for their developers
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(TokenEmbeddings(transformer), tuple(example), str(fp32), dynamo=True,
-                              dynamic_shapes={"args": tuple(dynamic[n] for n in names)},
-                              input_names=names, output_names=["token_embeddings"],
-                              verbose=False, report=False)
-            fused = _fuse(fp32, work / ONNX_FILE, transformer.config)
-    finally:
-        logging.disable(logging.NOTSET)
-    for path in work.glob("model.onnx*"):
-        path.unlink()
-    return {"dim": int(transformer.config.hidden_size), "inputs": names, "fused": fused,
-            "sha256": _file_hash(work / ONNX_FILE)}
-
-
-def _fuse(src: Path, dest: Path, config) -> bool:
-    """Fuse layer norms and GELUs (ORT's transformer optimiser); a plain copy when it cannot."""
-    import onnx
-
-    try:
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        heads = int(getattr(config, "num_attention_heads", 0) or 0)
-        optimized = optimize_model(str(src), model_type="bert", num_heads=heads,
-                                   hidden_size=int(config.hidden_size))
-        optimized.save_model_to_file(str(dest))
-        return True
-    except Exception:  # noqa: BLE001 - fusion is an optimisation; the plain graph is correct
-        onnx.save(onnx.load(str(src)), str(dest))
-        return False
-
-
-def _file_hash(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
