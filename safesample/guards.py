@@ -81,9 +81,15 @@ def check_template(template: str, source: str = "the prompt template") -> str:
     return template
 
 
+_PLACEHOLDER = re.compile(r"\{(instruction|response)\}")
+
+
 def fill(template: str, instruction: str, response: str) -> str:
-    # Plain replacement, not str.format: braces in a template or in the texts stay literal.
-    return template.replace("{instruction}", instruction).replace("{response}", response)
+    """The template with each placeholder replaced, in one pass over the template only: the texts
+    go in verbatim (an instruction holding "{response}" stays as typed), and braces elsewhere in
+    the template stay literal (no str.format)."""
+    texts = {"instruction": instruction, "response": response}
+    return _PLACEHOLDER.sub(lambda m: texts[m.group(1)], template)
 
 
 # --------------------------------------------------------------------------------------------

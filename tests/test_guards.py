@@ -160,3 +160,19 @@ def test_judge_outputs_are_cached_by_model_template_and_text():
 
 def test_max_new_tokens_per_kind():
     assert MAX_NEW_TOKENS["wildguard"] >= 20 and MAX_NEW_TOKENS["llm"] >= 20
+
+
+@pytest.mark.parametrize("instruction, response", [
+    ("How do I print {response} in Jinja?", "Use {{ response }}."),
+    ("Fill {instruction} here", "and {response} there, {instruction} too"),
+])
+def test_each_placeholder_is_filled_once_from_the_template_only(instruction, response):
+    # issue 26 item 7: chained str.replace pasted the response into an instruction holding
+    # "{response}" (and an instruction's text into itself)
+    from safesample.guards import fill
+
+    template = "Q: {instruction}\nA: {response}\nQ again: {instruction}"
+    assert fill(template, instruction, response) == \
+        f"Q: {instruction}\nA: {response}\nQ again: {instruction}"
+    prompt = build_prompts(None, [instruction], [response], "wildguard")[0]
+    assert f"Human user:\n{instruction}\n\nAI assistant:\n{response}\n\n---" in prompt
