@@ -65,22 +65,55 @@ def is_dir_output(dest: str) -> bool:
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest of a shard folder; None when there is none; {} for an empty (Spark) one."""
+    """The manifest of a shard folder; None when there is none; {} for an empty (Spark) one.
+    Anything but a JSON object listing well-formed file entries is a DataError (never a crash)."""
     path = folder / MANIFEST
-    if not path.is_file():
+    if not path.exists():
         return None
-    text = path.read_text(encoding="utf-8").strip()
+    broken = f"the manifest {str(path)!r}"
+    redo = "re-create the folder with the command that wrote it"
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it is not UTF-8 text"
+        raise DataError(f"{broken} cannot be read ({why})", redo) from exc
     if not text:
         return {}
     try:
         manifest = json.loads(text)
     except ValueError as exc:
-        raise DataError(f"the manifest {str(path)!r} is not valid JSON", "re-create the folder with the "
-                        "command that wrote it") from exc
+        raise DataError(f"{broken} is not valid JSON", redo) from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
-        raise DataError(f"the manifest {str(path)!r} lists no files", "re-create the folder with the "
-                        "command that wrote it")
+        raise DataError(f"{broken} lists no files", redo)
+    for k, entry in enumerate(manifest["files"]):
+        problem = _entry_problem(entry)
+        if problem:
+            raise DataError(f"{broken}: file entry {k + 1} {problem}", redo)
+    if "rows" in manifest and not _count(manifest["rows"]):
+        raise DataError(f"{broken}: its total \"rows\" is not a row count", redo)
     return manifest
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with one entry of a manifest's `files`, or None."""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    name = entry.get("name")
+    if not isinstance(name, str):
+        return "has no file name"
+    # A shard lives in its folder: a plain file name, never a path that leaves it.
+    if name in ("", ".", "..") or any(c in name for c in ("/", "\\", "\0", os.sep)):
+        return f"names {name!r}, not a file name in the folder (a manifest may not point outside it)"
+    for key in ("rows", "bytes"):
+        if key in entry and not _count(entry[key]):
+            return f"has {key} {entry[key]!r}, not a count"
+    if "sha256" in entry and not (isinstance(entry["sha256"], str) and entry["sha256"]):
+        return f"has sha256 {entry['sha256']!r}, not a digest"
+    return None
 
 
 def shard_files(source: str) -> tuple[list[Path], dict[str, Any] | None]:
@@ -105,19 +138,40 @@ def shard_files(source: str) -> tuple[list[Path], dict[str, Any] | None]:
         files = sorted(p for p in folder.glob("*.parquet") if p.is_file())
     else:
         files = []
+        changed = "the folder was changed after it was written; re-create it"
         for entry in manifest["files"]:
             path = folder / entry["name"]
             size = path.stat().st_size if path.is_file() else None
             if size is None or ("bytes" in entry and size != entry["bytes"]):
                 what = "is missing" if size is None else f"has {size} bytes, not {entry['bytes']}"
-                raise DataError(f"shard {entry['name']!r} of {source!r} {what}",
-                                "the folder was changed after it was written; re-create it")
+                raise DataError(f"shard {entry['name']!r} of {source!r} {what}", changed)
             if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
                 raise DataError(f"shard {entry['name']!r} of {source!r} is not the file its manifest names "
                                 "(its sha256 differs): it was changed or damaged after it was written",
                                 "re-create the folder with the command that wrote it")
+            if "rows" in entry and path.suffix == ".parquet":
+                rows = _parquet_rows(path, source)
+                if rows != entry["rows"]:
+                    raise DataError(f"shard {entry['name']!r} of {source!r} holds {rows} rows, but its "
+                                    f"manifest says {entry['rows']}", changed)
             files.append(path)
+        listed = sum(e.get("rows", 0) for e in manifest["files"])
+        if "rows" in manifest and all("rows" in e for e in manifest["files"]) and manifest["rows"] != listed:
+            raise DataError(f"the manifest of {source!r} says {manifest['rows']} rows in all, but its shards "
+                            f"hold {listed}", changed)
     return files, manifest
+
+
+def _parquet_rows(path: Path, source: str) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read shard {path.name!r} of {source!r} as a Parquet: {why}",
+                        "the file may be truncated or corrupt; re-create the folder") from exc
 
 
 def read_sharded(source: str, run: RunFiles | None = None) -> "pa.Table":
@@ -134,6 +188,7 @@ def read_sharded(source: str, run: RunFiles | None = None) -> "pa.Table":
         tables.append(read_path(path, head, str(path)))
     if not tables:  # a manifest of an empty result
         return pa.table({})
+    check_one_schema([t.schema for t in tables], [str(p) for p in files], source)
     try:
         table = pa.concat_tables(tables)
     except pa.ArrowInvalid as exc:
@@ -145,6 +200,55 @@ def read_sharded(source: str, run: RunFiles | None = None) -> "pa.Table":
         meta[PROVENANCE_KEY] = json.dumps(provenance).encode()
         table = table.replace_schema_metadata(meta)
     return table
+
+
+# What an embedding column's field metadata records (safesample.vectors writes it): vectors of two
+# models, or of two different texts, mean different things and cannot be one column. (Read here,
+# not through safesample.vectors: that module reads tables, which read shards.)
+_EMBEDDED_BY = {b"safesample.model": "model", b"safesample.text": "text"}
+
+
+def check_one_schema(schemas: list["pa.Schema"], names: list[str], source: str) -> None:
+    """Files read as one table must agree: the same columns, in the same order, of the same types
+    (else the first difference is named), and embedding columns made by one model from one text
+    (Arrow's concatenation ignores field metadata, so the first file's model would silently
+    label every row). A DataError names both files and what differs."""
+    first, first_name = schemas[0] if schemas else None, names[0] if names else ""
+    for schema, name in zip(schemas[1:], names[1:]):
+        if not schema.equals(first):
+            raise DataError(f"the shards of {source!r} do not share one schema: "
+                            f"{_schema_difference(first, first_name, schema, name)}",
+                            "pass shards written by one command")
+        for field in first:
+            other = schema.field(field.name)
+            for key, what in _EMBEDDED_BY.items():
+                a, b = (field.metadata or {}).get(key), (other.metadata or {}).get(key)
+                if a != b:
+                    raise DataError(f"the shards of {source!r} were embedded differently: column "
+                                    f"{field.name!r} of {first_name!r} holds vectors of the {what} "
+                                    f"{_said(a, what)}, of {name!r} of the {what} {_said(b, what)}",
+                                    "vectors of different models or texts cannot be compared; embed every "
+                                    "shard the same way (one `safesample embed` over all of them)")
+
+
+def _said(value: bytes | None, what: str) -> str:
+    return repr(value.decode("utf-8", "replace")) if value is not None else f"(no {what} recorded)"
+
+
+def _schema_difference(a: "pa.Schema", a_name: str, b: "pa.Schema", b_name: str) -> str:
+    for field in a:
+        if field.name not in b.names:
+            return f"{b_name!r} has no column {field.name!r} (which {a_name!r} has)"
+    for field in b:
+        if field.name not in a.names:
+            return f"{b_name!r} has a column {field.name!r} that {a_name!r} lacks"
+    for field in a:
+        other = b.field(field.name)
+        if not field.type.equals(other.type):
+            return f"column {field.name!r} is {field.type} in {a_name!r} but {other.type} in {b_name!r}"
+    if a.names != b.names:
+        return f"the columns of {b_name!r} are in another order than those of {a_name!r}"
+    return f"{b_name!r} differs from {a_name!r} in which columns may hold nulls"
 
 
 # --------------------------------------------------------------------------------------------

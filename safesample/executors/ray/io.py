@@ -61,11 +61,16 @@ def open_input(source: str, *, limit: int | None, load: Callable[[str, int | Non
         if shards.is_sharded(source):
             files = shards.shard_files(source)[0]
         elif Path(source).is_file():
-            with open(source, "rb") as fh:
-                if fh.read(4) == PARQUET_MAGIC:
-                    files = [Path(source)]
-    if files:
-        schema = pq.read_schema(files[0])
+            files = [Path(source)]
+    if files and all(_is_parquet(f, PARQUET_MAGIC) for f in files):  # else the driver reads (and says why not)
+        try:
+            schemas = [pq.read_schema(f) for f in files]
+        except (OSError, ValueError):  # a damaged footer: the driver's reader names the file
+            return _loaded(source, limit, load)
+        # Before any work: every file the workers will read says the same (columns, types, and
+        # the model of an embedding column), as the local reader insists.
+        shards.check_one_schema(schemas, [str(f) for f in files], source)
+        schema = schemas[0]
         if "id" in schema.names:
             if run is not None:
                 for f in files:
@@ -73,8 +78,20 @@ def open_input(source: str, *, limit: int | None, load: Callable[[str, int | Non
             counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
             rows = min(sum(counts), limit) if limit else sum(counts)
             return Input(schema, rows, [str(f.resolve()) for f in files], counts)
+    return _loaded(source, limit, load)
+
+
+def _loaded(source: str, limit: int | None, load: Callable[[str, int | None], "pa.Table"]) -> Input:
     table = load(source, limit)
     return Input(table.schema, table.num_rows, table=table)
+
+
+def _is_parquet(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == magic
+    except OSError:
+        return False
 
 
 @dataclass
@@ -168,6 +185,8 @@ def read_slices(slices: list[list[Any]]) -> "pa.Table":
 
     from safesample.errors import DataError
 
+    from safesample.shards import check_one_schema
+
     parts = []
     for path, first, rows in slices:
         try:
@@ -184,6 +203,7 @@ def read_slices(slices: list[list[Any]]) -> "pa.Table":
             raise DataError(f"cannot read {path!r} as a Parquet: {str(exc).splitlines()[0][:200]}",
                             "check the file (was it changed after the run started?)") from exc
         parts.append(table.slice(first - (start or 0), rows))
+    check_one_schema([p.schema for p in parts], [str(s[0]) for s in slices], "the input")
     try:
         return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
     except pa.ArrowInvalid as exc:
