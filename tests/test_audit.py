@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import no_output_left
-from safesample.audit import AuditOptions, audit_table, batch_options, finish
+from safesample.audit import AuditOptions, audit_table, batch_options, finish, prepare, provenance
 from safesample.audit.anchors import MIN_PER_KIND, anchor_kinds, anchors_from_table
 from safesample.audit.direction import (Direction, candidate_layers, choose_layer, class_direction, layer_aurocs,
                                         row_scores)
@@ -231,11 +231,16 @@ def test_rerun_loads_no_model_and_batches_match_the_whole(tiny_llama: Path, anch
     alone = audit_table(table, _options(tiny_llama, anchors_file, batch_size=1, cache=False))
     np.testing.assert_allclose(alone.table.column("audit_score").to_numpy(),
                                first.table.column("audit_score").to_numpy(), rtol=1e-4, atol=1e-5)
-    # an executor's batches (per-row columns only) then one finish over all rows: the same table
-    opts = batch_options(options)
-    parts = [audit_table(table.slice(s, 3), opts, load_model=_refuse_to_load).table for s in (0, 3, 6)]
-    done = finish(table, pa.concat_tables(parts), options)
+    # as an executor runs it: prepare once (on an empty table of the schema), batches with per-row
+    # columns only, then one finish over all rows: the same table and provenance
+    prepared = prepare(table.slice(0, 0), options, load_model=_refuse_to_load)
+    assert prepared.direction.layer == first.direction.layer and prepared.dtype == "float32"
+    parts = [audit_table(table.slice(s, 3), batch_options(prepared), load_model=_refuse_to_load).table
+             for s in (0, 3, 6)]
+    assert "audit_rank" not in parts[0].column_names
+    done = finish(table, pa.concat_tables(parts), prepared)
     assert done.table.column("audit_rank").to_pylist() == first.table.column("audit_rank").to_pylist()
+    assert provenance(prepared) == provenance(first.options) and provenance(prepared)[0]["layer_read"] == 1
 
 
 def test_drop_top_by_count_and_by_share(tiny_llama: Path, anchors_file: Path):

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from safesample.backends.hidden_states import ForwardModel, ModelInfo
 
 __all__ = ["AuditOptions", "AuditResult", "Anchors", "Direction", "COLUMNS", "DEFAULT_MODEL", "audit_table",
-           "batch_options", "check_model", "fit_direction", "finish", "load_anchors", "plan", "provenance_args",
+           "batch_options", "check_model", "fit_direction", "finish", "load_anchors", "plan", "prepare", "provenance",
            "score_rows", "validate"]
 
 COMMAND = "audit"
@@ -52,6 +52,7 @@ class AuditResult:
     table: "pa.Table"  # every input row and column with the audit columns (the kept rows with --drop-top)
     flagged: "pa.Table | None"  # the rows --drop-top dropped, highest score first
     direction: Direction
+    options: AuditOptions  # as run: the dtype resolved, the direction set (what `provenance` reads)
     models: dict[str, str] = field(default_factory=dict)  # for provenance
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -78,7 +79,8 @@ def validate(table: "pa.Table", options: AuditOptions) -> None:
         if kind not in ("string", "null"):
             raise DataError(f"column {column!r} ({role}) holds {table.schema.field(column).type}, not text",
                             f"map a text column to {role!r} with --map COLUMN={role}")
-    if options.drop_top is not None and not options.drop_top.strip().endswith("%"):
+    # (an executor validates an empty table of the input's schema: the count is checked again on the rows)
+    if options.drop_top is not None and not options.drop_top.strip().endswith("%") and table.num_rows:
         k = drop_count(options.drop_top, table.num_rows)
         if k > table.num_rows:
             raise UsageError(f"--drop-top {options.drop_top} is more than the {table.num_rows} rows of the input",
@@ -135,51 +137,70 @@ def plan(table: "pa.Table", options: AuditOptions) -> list[str]:
     return lines
 
 
+def prepare(table: "pa.Table", options: AuditOptions, *, reporter: Reporter = SILENT,
+            load_model: "Callable[..., ForwardModel] | None" = None) -> AuditOptions:
+    """Before any row is scored (an executor calls this once, with the input or an empty table of
+    its schema): options and columns checked, the dtype resolved and the compliance direction fit
+    or read from the cache, so every batch scores with one direction and the provenance names
+    its layer. Loads the model only when the direction is not cached."""
+    from safesample.backends.hidden_states import LazyModel
+
+    if options.direction is not None:
+        validate(table, options)
+        return options
+    dtype = _dtype(options)
+    model = LazyModel(options.model, dtype, reporter=reporter, loader=load_model)
+    try:
+        return _prepare(table, options, model, reporter)
+    finally:
+        model.close()
+
+
+def _prepare(table: "pa.Table", options: AuditOptions, model, reporter: Reporter) -> AuditOptions:
+    from dataclasses import replace
+
+    validate(table, options)
+    info = check_model(options)
+    options = replace(options, dtype=model.dtype)
+    direction = fit_direction(load_anchors(options), model, info, options, model.dtype, reporter=reporter)
+    return replace(options, direction=direction)
+
+
 def audit_table(table: "pa.Table", options: AuditOptions, *, reporter: Reporter = SILENT,
                 load_model: "Callable[..., ForwardModel] | None" = None) -> AuditResult:
     """Audit every row of `table`; `load_model(name, dtype, reporter=...)` loads the model
     (default: `safesample.backends.hidden_states.load`), called only when the direction or some
-    row is not in the cache. With `options.whole_table` False (`batch_options`), only the per-row
-    columns are added: `finish` ranks the rows once all batches are done."""
+    row is not in the cache, and once at most. With `options.whole_table` False
+    (`batch_options`), only the per-row columns are added: `finish` ranks the rows once all
+    batches are done."""
     from safesample.backends.hidden_states import LazyModel
 
-    validate(table, options)
-    info = check_model(options)
-    anchors = load_anchors(options)
-    dtype = _dtype(options)
-    model = LazyModel(options.model, dtype, reporter=reporter, loader=load_model)
+    model = LazyModel(options.model, _dtype(options), reporter=reporter, loader=load_model)
     stats = RowStats()
     try:
-        direction = fit_direction(anchors, model, info, options, dtype, reporter=reporter)
-        scored = score_rows(table, direction, model, options, reporter=reporter, stats=stats)
+        if options.direction is None:
+            options = _prepare(table, options, model, reporter)
+        else:
+            validate(table, options)
+        scored = score_rows(table, options.direction, model, options, reporter=reporter, stats=stats)
     finally:
         model.close()
-    reporter.info(f"audited {stats.rows} rows at {direction.describe()}: {stats.cached} from the cache, "
+    reporter.info(f"audited {stats.rows} rows at {options.direction.describe()}: {stats.cached} from the cache, "
                   f"{stats.computed} computed, {stats.truncated} cut at {options.max_tokens} tokens, "
                   f"{stats.errors} without a score")
     if not options.whole_table:
-        return AuditResult(scored, None, direction, {"audit": options.model}, {"rows": stats.rows})
-    return finish(table, scored, options, reporter=reporter, direction=direction, stats=stats)
+        return AuditResult(scored, None, options.direction, options, provenance(options)[1], {"rows": stats.rows})
+    return finish(table, scored, options, reporter=reporter, stats=stats)
 
 
 def finish(table: "pa.Table", rows: "pa.Table", options: AuditOptions, *, reporter: Reporter = SILENT,
-           direction: Direction | None = None, stats: RowStats | None = None,
-           load_model: "Callable[..., ForwardModel] | None" = None) -> AuditResult:
-    """The whole-table part over `rows` (the input `table` with the per-row columns, all
-    batches): audit_z, audit_rank, --drop-top and the summary. Without `direction`, it is read
-    from the cache the batches filled (fit again only if the cache is off)."""
-    if direction is None:
-        from safesample.backends.hidden_states import LazyModel
-
-        info = check_model(options)
-        dtype = _dtype(options)
-        model = LazyModel(options.model, dtype, reporter=reporter, loader=load_model)
-        try:
-            direction = fit_direction(load_anchors(options), model, info, options, dtype, reporter=reporter)
-        finally:
-            model.close()
-    done = rank_rows(rows, direction, options, reporter=reporter, stats=stats)
-    return AuditResult(done.table, done.flagged, direction, {"audit": options.model}, done.summary)
+           stats: RowStats | None = None) -> AuditResult:
+    """The whole-table part over `rows` (the input `table` with the per-row columns of every
+    batch): audit_z, audit_rank, --drop-top and the summary."""
+    if options.direction is None:  # not prepared: the direction from the cache the batches filled
+        options = prepare(table.slice(0, 0), options, reporter=reporter)
+    done = rank_rows(rows, options.direction, options, reporter=reporter, stats=stats)
+    return AuditResult(done.table, done.flagged, options.direction, options, provenance(options)[1], done.summary)
 
 
 def batch_options(options: AuditOptions) -> AuditOptions:
@@ -189,10 +210,17 @@ def batch_options(options: AuditOptions) -> AuditOptions:
     return replace(options, drop_top=None, whole_table=False)
 
 
-def provenance_args(options: AuditOptions) -> dict[str, Any]:
-    """The arguments the output's provenance records (the chosen layer goes beside them)."""
-    return {"model": options.model, "anchors": options.anchors, "layer": options.layer,
+def provenance(options: AuditOptions) -> tuple[dict[str, Any], dict[str, str]]:
+    """What an `audit` output records: its arguments, the layer read and its held-out AUROC (once
+    `prepare` fit the direction), and the model and anchors."""
+    direction = options.direction
+    args = {"model": options.model, "anchors": options.anchors, "layer": options.layer,
             "template": options.template, "max_tokens": options.max_tokens, "truncate": options.truncate,
             "dtype": options.dtype, "batch_size": options.batch_size, "drop_top": options.drop_top,
             "map": {old: role for role, old in options.columns.items()}, "seed": options.seed,
-            "cache": options.cache}
+            "cache": options.cache,
+            "layer_read": direction.layer if direction else None,
+            "held_out_auroc": direction.held_out_auroc if direction else None}
+    models = {"audit": options.model, "audit_anchors": direction.anchors_name if direction else
+              (options.anchors or "bundled")}
+    return args, models

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from safesample.errors import UsageError
 from safesample.prompting import TRAINING_TEMPLATES
@@ -29,6 +30,9 @@ class AuditOptions:
     seed: int = 0  # which anchors are held out for the layer choice (a hash of seed and instruction)
     cache: bool = True
     whole_table: bool = True  # False: per-row columns only (a batch of an executor; `finish` does the rest)
+    # set by `prepare` (a `direction.Direction`; typed Any so this module imports nothing of the
+    # stage): every batch scores with the same direction
+    direction: Any = None
 
 
 def check(options: AuditOptions) -> None:

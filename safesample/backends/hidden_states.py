@@ -11,9 +11,10 @@ the output of decoder layer i; layer L is the final normed state, as transformer
 Why it is built this way (Qwen2.5-Coder-0.5B on a 2-core CPU, ENVIRONMENT.md):
 - The pass stops at the deepest layer it reads: a forward hook on that decoder layer keeps its
   output and raises a private exception, caught around the call, so the later layers and the
-  LM head (151k-token vocabulary) never run. The first 12 of 24 layers ran at 2.1 rows/s
-  against 0.91 rows/s for the full pass (bench/bench_audit.py measures it again). The decoder
-  is called without its LM head even for a full pass: no logits are needed.
+  LM head (151k-token vocabulary) never run: the first 12 of 24 layers ran at 2.1 rows/s against
+  0.91 rows/s for all of them (ENVIRONMENT.md), the first 4 of 24 at 5.7x the rows/s of all 24
+  (bench/bench_audit.py, bf16). The decoder is called without its LM head even for a full
+  pass: no logits are needed.
 - Right padding: every row's tokens sit at positions 0..n-1 as when it runs alone (causal
   attention never looks at the padding after it), so spans index from the start, default
   position ids are right, and a row's states do not depend on its batch mates (tested).
@@ -21,8 +22,8 @@ Why it is built this way (Qwen2.5-Coder-0.5B on a 2-core CPU, ENVIRONMENT.md):
   back in input order.
 - dtype `auto` is bfloat16 where the hardware computes it natively (a CUDA GPU with bf16, or a
   CPU with avx512_bf16 / AMX, which ran the same 12 layers 2.1x faster than fp32 with mean
-  hidden states at cosine 1.0000), float32 elsewhere. Callers that need fp32 agreement measure it
-  (bench/bench_audit.py).
+  hidden states at cosine 1.0000), float32 elsewhere. A caller keeps it only where its own
+  scores agree with fp32's (audit: bench/bench_audit.py).
 
 torch and transformers are imported inside the functions: importing this module is free.
 """
@@ -83,21 +84,29 @@ def model_info(model: str) -> ModelInfo:
 
 
 def _config(ref) -> dict[str, Any]:
-    from safesample.backends.models import _cached_copy, _kwargs, _offline_error
+    """The model's config.json (a folder, or the de-quantised copy of a GGUF file), else what
+    transformers reads from the GGUF header or the local hub cache."""
+    import os
 
-    local = _cached_copy(ref) or ref
-    path = Path(local.path, "config.json")
-    if not local.gguf_file and path.is_file():
+    from safesample.backends.models import gguf_copy_dir
+
+    folder = gguf_copy_dir(ref) if ref.gguf_file else Path(ref.path)
+    path = folder / "config.json" if folder is not None else None
+    if path is not None and path.is_file():
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read {path}: {exc}", "the model folder may be damaged") from exc
     from transformers import AutoConfig
 
-    try:  # a GGUF file's header, or a hub id's cached config
-        return AutoConfig.from_pretrained(local.path, **_kwargs(local)).to_dict()
+    kwargs: dict[str, Any] = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        kwargs["local_files_only"] = True
+    try:
+        return AutoConfig.from_pretrained(ref.path, **kwargs).to_dict()
     except (OSError, ValueError) as exc:
-        raise _offline_error(local, exc) from exc
+        raise ModelError(f"cannot read the config of {ref.spec!r}: {str(exc).splitlines()[0][:200]}",
+                         "pass a named model, or a folder saved with save_pretrained") from exc
 
 
 def _causal_model_types() -> set[str]:
