@@ -112,6 +112,7 @@ def _interrupted_exit() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     global _interrupted
+    stdio.guard_streams()  # first: closed fds reopened, a broken stderr never fails the run
     _interrupted = None
     _install_signal_handlers()
     command = typer.main.get_command(app)
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         common.end_run()
         stdio.restore_stdout()
+        stdio.unguard_streams()
 
 
 def _silence_stdout() -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from safesample.errors import DataError, UsageError
 from safesample.schema import kind_of
-from safesample.stdio import data_fd
+from safesample.stdio import data_fd, stdin_closed
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -102,6 +102,9 @@ def _read_jsonl(path: Path) -> "pa.Table":
 
 
 def read_stdin() -> "pa.Table":
+    if stdin_closed() or sys.stdin is None:
+        raise UsageError("'-' reads a table from stdin, but stdin is closed",
+                         "pipe a table in (`... -o - | safesample ...`) or pass a file path")
     stdin = sys.stdin.buffer
     if os.isatty(stdin.fileno()):
         raise UsageError("'-' reads a table from stdin, but stdin is a terminal",
@@ -119,7 +122,7 @@ def read_stdin() -> "pa.Table":
         while chunk := stdin.read(1 << 20):
             spool.write(chunk)
         spool.flush()
-        if head.startswith(PARQUET_MAGIC) or head.lstrip()[:1] == b"{":
+        if head.startswith((PARQUET_MAGIC, ARROW_FILE_MAGIC)) or head.lstrip()[:1] == b"{":
             return read_path(Path(spool.name), head, "stdin")
     raise DataError("stdin does not carry a table in a supported format",
                     f"pipe {SUPPORTED.replace(' (.csv)', ' (as a file only)')}")
@@ -271,10 +274,17 @@ def write_stream(table: "pa.Table") -> None:
     # Unbuffered: a reader that closes the pipe early (`| head`) then leaves no buffered bytes
     # to fail on at exit.
     sink = os.fdopen(data_fd(), "wb", buffering=0, closefd=False)
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        for batch in table.to_batches(ROW_GROUP):
-            writer.write_batch(batch)
-    sink.flush()
+    try:
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            for batch in table.to_batches(ROW_GROUP):
+                writer.write_batch(batch)
+        sink.flush()
+    except BrokenPipeError:
+        raise  # the reader left (`| head`): it has all it wanted, which is no failure
+    except OSError as exc:  # e.g. `-o - >/dev/full`
+        raise DataError(f"cannot write the table to stdout: {exc.strerror or short_error(exc)}",
+                        "the file or device behind stdout cannot take it (a full disk?); free some "
+                        "space, or pass -o FILE.parquet") from exc
 
 
 def short_error(exc: BaseException) -> str:
