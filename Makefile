@@ -13,7 +13,7 @@ DEMO := build/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install browser vllm-wheel test demo completions bench clean experiment
+.PHONY: install browser vllm-wheel test demo completions bench clean experiment experiment-audit
 
 install: $(VENV)/.installed browser vllm-wheel
 
@@ -101,5 +101,7 @@ clean:
 	rm -rf build .pytest_cache
 
 # `make experiment`: the CPU evidence run (about an hour on 2 cores); see experiments/experiment.mk.
+# `make experiment-audit`: does audit find the rows that erode safety (experiments/audit.mk).
 experiment: install
 include experiments/experiment.mk
+include experiments/audit.mk

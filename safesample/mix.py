@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from safesample.errors import CheckFailed, DataError, UsageError
+from safesample.schema import parse_maps  # noqa: F401 - the --map syntax, shared with audit
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,25 +44,6 @@ class Part:
     name: str  # the path as the user wrote it (for messages)
     role: str  # benign | safety
     table: "pa.Table"
-
-
-def parse_maps(specs: Sequence[str] | None) -> dict[str, str]:
-    """`--map answer=output --map question=instruction` (or comma-separated) -> {old: new}."""
-    mapping: dict[str, str] = {}
-    for spec in specs or []:
-        for item in spec.split(","):
-            old, sep, new = (s.strip() for s in item.partition("="))
-            if not sep or not old or not new:
-                raise UsageError(f"bad --map {item.strip()!r}: expected OLD=NEW",
-                                 "e.g. --map answer=output --map question=instruction")
-            if old in mapping and mapping[old] != new:
-                raise UsageError(f"--map maps {old!r} twice ({mapping[old]!r} and {new!r})",
-                                 "give each column one new name")
-            mapping[old] = new
-    targets = list(mapping.values())
-    if len(set(targets)) != len(targets):
-        raise UsageError("--map gives two columns the same new name", "map each column to its own name")
-    return mapping
 
 
 def parse_ratio(spec: str) -> float:

@@ -7,9 +7,9 @@ One registry of well-known columns, so every stage means the same by `response` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-from safesample.errors import DataError
+from safesample.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -112,3 +112,22 @@ def require(table: "pa.Table", names: Iterable[str | Column], command: str) -> N
                             f"`safesample {command}` needs {col.kind} values",
                             f"{col.name!r} comes from {col.produced_by}; check that the input "
                             "was not converted along the way")
+
+
+def parse_maps(specs: Sequence[str] | None) -> dict[str, str]:
+    """`--map answer=output --map question=instruction` (or comma-separated) -> {old: new}."""
+    mapping: dict[str, str] = {}
+    for spec in specs or []:
+        for item in spec.split(","):
+            old, sep, new = (s.strip() for s in item.partition("="))
+            if not sep or not old or not new:
+                raise UsageError(f"bad --map {item.strip()!r}: expected OLD=NEW",
+                                 "e.g. --map answer=output --map question=instruction")
+            if old in mapping and mapping[old] != new:
+                raise UsageError(f"--map maps {old!r} twice ({mapping[old]!r} and {new!r})",
+                                 "give each column one new name")
+            mapping[old] = new
+    targets = list(mapping.values())
+    if len(set(targets)) != len(targets):
+        raise UsageError("--map gives two columns the same new name", "map each column to its own name")
+    return mapping

@@ -95,6 +95,9 @@ STAGES: tuple[Stage, ...] = (
           table_kind="judge"),
     Stage("report", "one self-contained HTML page of the other stages' outputs", "ReportOptions",
           "report_table"),
+    Stage("audit", "how much each benign row may erode safety (its compliance shift)", "AuditOptions",
+          "audit_table", per_row=True, loaders={"load_model": "safesample.backends.hidden_states:load"},
+          prepare="prepare", finish="finish", batch_options="batch_options", table_kind="audit"),
 )
 
 BY_NAME = {stage.name: stage for stage in STAGES}

@@ -99,7 +99,7 @@ STAGE_EXCEPTIONS = {("report", "judge.summary")}
 MAX_LINES = 500
 # What a command module may use: the CLI itself, the registry, the I/O and executors it hands
 # its stage to, errors, and its own stage (never a model backend, never another stage).
-CLI_MAY_IMPORT = {"cli", "console", "errors", "stages", "tables", "executors", "calibration", "texts",
+CLI_MAY_IMPORT = {"cli", "console", "errors", "stages", "tables", "executors", "calibration", "texts", "schema",
                   "__init__", "completions", "stdio", "reporter"}
 HEAVY = {"torch", "transformers", "sentence_transformers", "vllm", "sklearn", "peft", "trl", "onnxruntime",
          "ray", "faiss", "pandas"}

@@ -218,7 +218,7 @@ def provenance(options: AuditOptions) -> tuple[dict[str, Any], dict[str, str]]:
             "template": options.template, "max_tokens": options.max_tokens, "truncate": options.truncate,
             "dtype": options.dtype, "batch_size": options.batch_size, "drop_top": options.drop_top,
             "map": {old: role for role, old in options.columns.items()}, "seed": options.seed,
-            "cache": options.cache,
+            "cache": options.cache, "flagged": options.flagged,
             "layer_read": direction.layer if direction else None,
             "held_out_auroc": direction.held_out_auroc if direction else None}
     models = {"audit": options.model, "audit_anchors": direction.anchors_name if direction else

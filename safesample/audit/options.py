@@ -30,6 +30,7 @@ class AuditOptions:
     seed: int = 0  # which anchors are held out for the layer choice (a hash of seed and instruction)
     cache: bool = True
     whole_table: bool = True  # False: per-row columns only (a batch of an executor; `finish` does the rest)
+    flagged: str | None = None  # where the CLI writes the dropped rows (recorded in the provenance)
     # set by `prepare` (a `direction.Direction`; typed Any so this module imports nothing of the
     # stage): every batch scores with the same direction
     direction: Any = None

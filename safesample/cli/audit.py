@@ -6,8 +6,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose, argv,
-                                   check_output, files, load, print_plan, save, setup)
+from safesample.cli.common import (BatchSize, Concurrency, DryRun, Executor, Input, Limit, Output, Quiet,
+                                   RayAddress, Seed, Verbose, argv, check_output, executor_options, files,
+                                   run_stage, setup)
 from safesample.errors import UsageError
 
 NAME = "audit"
@@ -80,46 +81,42 @@ def command(input: Input, output: Output = "-", model: Model = "qwen2.5-coder-0.
             layer: Layer = None, template: Template = "chat", max_tokens: MaxTokens = 256,
             no_truncate: NoTruncate = False, dtype: Dtype = "auto", batch_size: BatchSize = 8,
             drop_top: DropTop = None, flagged: Flagged = None, map_: Map = None, no_cache: NoCache = False,
+            executor: Executor = "local", ray_address: RayAddress = None, concurrency: Concurrency = None,
             seed: Seed = 0, limit: Limit = None, dry_run: DryRun = False, quiet: Quiet = False,
             verbose: Verbose = False) -> None:
     setup(quiet, verbose)
-    from safesample.audit import AuditOptions, audit_table, check_model, plan, provenance, validate
+    from safesample.audit import AuditOptions
     from safesample.audit.options import check
     from safesample.console import CONSOLE
-    from safesample.mix import parse_maps
+    from safesample.schema import parse_maps
     from safesample.tables import provenance_entry, write_table
 
     columns = {new: old for old, new in parse_maps(map_).items()}
     options = AuditOptions(model=model, anchors=anchors, layer=layer, template=template, max_tokens=max_tokens,
                            truncate=not no_truncate, dtype=dtype, batch_size=batch_size, drop_top=drop_top,
-                           columns=columns, seed=seed, cache=not no_cache)
+                           columns=columns, seed=seed, cache=not no_cache, flagged=flagged)
     check(options)
     if flagged is not None and drop_top is None:
         raise UsageError("--flagged writes the rows --drop-top drops, and there is no --drop-top",
                          "add --drop-top K or --drop-top P%")
     if anchors is not None and files() is not None:
         files().claim_input(anchors)  # no output may replace the anchors
-    if not dry_run:
-        check_output(output)
-        if flagged is not None:
-            if flagged == "-":
-                raise UsageError("--flagged cannot be stdout", "pass a file such as flagged.parquet")
-            check_output(flagged, "--flagged")
-    table = load(input, limit)
-    if dry_run:
-        print_plan(plan(table, options) + [f"would write {'stdout' if output == '-' else output}"]
-                   + ([f"would write the dropped rows to {flagged}"] if flagged else []))
+    if flagged is not None and not dry_run:
+        if flagged == "-":
+            raise UsageError("--flagged cannot be stdout", "pass a file such as flagged.parquet")
+        check_output(flagged, "--flagged")
+    ex = executor_options(executor, ray_address, concurrency, batch_size, quiet, verbose)
+    done = run_stage(NAME, options, input, output, ex, limit=limit, seed=seed, dry_run=dry_run)
+    if done is None:
         return
-    validate(table, options)
-    check_model(options)  # a classifier or an out-of-range --layer fails before any model loads
-    result = audit_table(table, options, reporter=CONSOLE)
-    args, models = provenance(result.options)
-    args = {**args, "flagged": flagged, "limit": limit}
+    result = done.result
     if result.flagged is not None and flagged is not None:
-        entry = provenance_entry(NAME, args, seed=seed, models=models, inputs=[input], argv=argv())
+        from safesample.audit import provenance
+
+        args, models = provenance(result.options)
+        entry = provenance_entry(NAME, {**args, "limit": limit}, seed=seed, models=models, inputs=[input], argv=argv())
         write_table(result.flagged, flagged, provenance=entry, what="--flagged", run=files())
         CONSOLE.info(f"wrote the {result.flagged.num_rows} dropped rows to {flagged}")
-    save(result.table, output, NAME, args, seed=seed, models=models, inputs=[input])
     _print_summary(result.summary)
 
 
