@@ -25,7 +25,10 @@ Input = Annotated[str, typer.Argument(help="Input table (.parquet, .arrow, .csv,
                                       show_default=False)]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output table (.parquet), or '-' for an "
                                      "Arrow stream on stdout (refused on a terminal).")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
+# numpy, scikit-learn and torch take seeds in 0..2**32-1: outside it is a usage error, in every command.
+SEED_MAX = 2 ** 32 - 1
+Seed = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX,
+                                   help="Random seed; the same seed gives the same output.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only: no progress, no summary.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks on errors.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Validate inputs and print the plan; load no "
@@ -63,9 +66,34 @@ def setup(quiet: bool = False, verbose: bool = False) -> None:
     from safesample.tables import RunFiles
 
     global _run
+    check_numbers()
     cache.report_to(console.CONSOLE)
     _run = RunFiles(console.CONSOLE)
     check_paths(_command_params())
+
+
+def check_numbers() -> None:
+    """Every number option of the running command, before any work: a float must be finite
+    (`nan`, `inf` parse as floats but mean nothing), an integer must fit 64 bits. Ranges of
+    their own (e.g. `--seed`, `--limit`) are declared with the option."""
+    import math
+
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        flag = next((o for o in getattr(param, "opts", []) if o.startswith("--")), param.name)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                bad = f"{flag} {v} is not a finite number"
+            elif isinstance(v, int) and not isinstance(v, bool) and not -2 ** 63 <= v < 2 ** 63:
+                bad = f"{flag} {v} is out of range"
+            else:
+                continue
+            raise UsageError(bad, f"pass a number in the option's range: see `safesample {ctx.command.name} --help`")
 
 
 def _command_params() -> dict[str, Any]:
