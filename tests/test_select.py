@@ -27,7 +27,8 @@ from safesample.reporter import RecordingReporter
 from safesample.tables import get_provenance, read_table
 from vector_fixtures import vector_array
 
-STRATEGIES = list(sel.STRATEGIES)
+# every strategy but targeted, which needs the audited benign rows (its own tests below)
+STRATEGIES = [s for s in sel.STRATEGIES if s != "targeted"]
 
 
 # ---- fixtures -------------------------------------------------------------------------------
@@ -597,3 +598,92 @@ def test_select_table_and_plan_are_the_stage_the_cli_calls():
     assert result.models == {}
     with pytest.raises(UsageError, match="--exclude-threshold"):
         sel.select_table(table, sel.SelectOptions(budget=10, exclude_threshold=1.5))
+
+
+# ---- --strategy targeted ----------------------------------------------------------------------
+
+
+def _targeted_pool() -> tuple[pa.Table, np.ndarray]:
+    """3 categories x 6 rows of random unit vectors, all of one behavior."""
+    rng = np.random.default_rng(5)
+    emb = rng.standard_normal((18, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    table = pa.table({"id": [f"r{i}" for i in range(18)], "instruction": [f"request {i}" for i in range(18)],
+                      "category": [f"cat{i // 6}" for i in range(18)], "behavior": ["refusal"] * 18,
+                      "embedding": vector_array(emb)})
+    return table, emb
+
+
+def _audited(rows: dict[str, np.ndarray]) -> tuple[pa.Table, "object"]:
+    """An audit output whose riskiest rows (in the dict's order) embed to the given vectors."""
+    ids = list(rows)
+    audited = pa.table({"id": ids, "instruction": [f"benign {i}" for i in ids],
+                        "audit_score": [float(len(ids) - k) for k in range(len(ids))],
+                        "audit_rank": list(range(1, len(ids) + 1))})
+    by_text = {f"benign {i}": v for i, v in rows.items()}
+
+    def factory():
+        return lambda texts: np.stack([by_text[t] * 2.0 for t in texts])  # not unit: normalised by select
+    return audited, factory
+
+
+def test_targeted_picks_the_counter_example_of_each_risky_row_within_the_category_quotas():
+    pool, emb = _targeted_pool()
+    noise = np.random.default_rng(1).standard_normal(8).astype(np.float32) * 0.01
+    # the riskiest benign rows sit next to pool rows r2 (cat0), r9 (cat1) and r14 (cat2)
+    audited, factory = _audited({"b1": emb[2] + noise, "b2": emb[9] + noise, "b3": emb[14] + noise})
+    options = sel.SelectOptions(budget=3, strategy="targeted", dedup=None, against_top="3")
+    result = sel.select_table(pool, options, against=("audited.parquet", audited), embedder=factory)
+    assert sorted(result.table.column("id").to_pylist()) == ["r14", "r2", "r9"]
+    reasons = dict(zip(result.table.column("id").to_pylist(), result.table.column("select_reason").to_pylist()))
+    assert "counter-example to risky benign row b1 (audit rank 1)" in reasons["r2"]
+    assert "counter-example to risky benign row b3 (audit rank 3)" in reasons["r14"]
+    assert result.report["targets"] == {"against": "audited.parquet", "risky_rows": 3, "answered": 3}
+
+
+def test_targeted_serves_every_risky_row_before_any_gets_a_second():
+    pool, emb = _targeted_pool()
+    audited, factory = _audited({"b1": emb[0], "b2": emb[7], "b3": emb[13], "b4": emb[4]})
+    options = sel.SelectOptions(budget=6, strategy="targeted", dedup=None, against_top="3")  # the top 3 only
+    result = sel.select_table(pool, options, against=("a", audited), embedder=factory)
+    served = [re.search(r"risky benign row (\w+)", r).group(1) for r in result.table.column("select_reason").to_pylist()]
+    assert sorted(served) == ["b1", "b1", "b2", "b2", "b3", "b3"]  # b4 is not a target
+    assert len(set(result.table.column("category").to_pylist())) == 3  # still spread over the categories
+    assert result.table.num_rows == 6 and len(set(result.table.column("id").to_pylist())) == 6
+
+
+def test_targeted_options_are_checked_before_any_work():
+    pool, emb = _targeted_pool()
+    audited, factory = _audited({"b1": emb[0]})
+    with pytest.raises(UsageError, match="--against AUDITED"):
+        sel.select_table(pool, sel.SelectOptions(budget=2, strategy="targeted"), embedder=factory)
+    with pytest.raises(UsageError, match="--against is for --strategy targeted"):
+        sel.select_table(pool, sel.SelectOptions(budget=2, strategy="diverse"), against=("a", audited))
+    with pytest.raises(DataError, match="audit_score"):
+        sel.select_table(pool, sel.SelectOptions(budget=2, strategy="targeted"),
+                         against=("a", audited.drop_columns(["audit_score"])), embedder=factory)
+    with pytest.raises(UsageError, match="--against-top"):
+        sel.select_table(pool, sel.SelectOptions(budget=2, strategy="targeted", against_top="0%"),
+                         against=("a", audited), embedder=factory)
+
+
+def test_cli_targeted_on_the_real_pool(real_pool: Path, tmp_path: Path):
+    pool = read_table(str(real_pool))
+    emb = sel.embedding_matrix(pool, unit=True)
+    # "audited" benign rows: the pool's own embeddings stand in for the benign rows' (same model)
+    audited = pa.table({"id": [f"b{i}" for i in range(40)], "instruction": pool.column("instruction").to_pylist()[:40],
+                        "audit_score": [float(-i) for i in range(40)], "embedding": vector_array(emb[:40])})
+    pq.write_table(audited, tmp_path / "audited.parquet")
+    out = tmp_path / "picked.parquet"
+    proc = cli("select", str(real_pool), "--strategy", "targeted", "--against", str(tmp_path / "audited.parquet"),
+               "--against-top", "12", "--budget", "12", "--category-col", "category_coarse", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    picked = read_table(str(out))
+    assert picked.num_rows == 12
+    reasons = picked.column("select_reason").to_pylist()
+    assert all("counter-example to risky benign row b" in r for r in reasons)
+    assert len({re.search(r"row (b\d+)", r).group(1) for r in reasons}) == 12  # each target once
+    assert len(set(picked.column("category_coarse").to_pylist())) > 4
+    other = tmp_path / "none.parquet"
+    missing = cli("select", str(real_pool), "--strategy", "targeted", "--budget", "5", "-o", str(other))
+    assert missing.returncode == 2 and "--against AUDITED" in missing.stderr and not other.exists()

@@ -51,7 +51,7 @@ Concurrency = Annotated[Optional[int], typer.Option(
 # name tables it reads: checked against each other by `setup()` before any work.
 OUTPUT_OPTIONS = {"output": "-o", "report": "--report", "summary": "--summary",
                   "disagreements": "--disagreements"}
-INPUT_OPTIONS = ("input", "inputs", "reference", "of", "exclude", "compare")
+INPUT_OPTIONS = ("input", "inputs", "reference", "of", "exclude", "compare", "contrast", "against", "anchors")
 
 
 def setup(quiet: bool = False, verbose: bool = False) -> None:

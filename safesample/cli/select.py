@@ -20,7 +20,10 @@ first, random within, random fill); prototype (per category, closest to the cate
 centroid); similarity (per category, most similar to the category's reference set:
 category_score, else the category's mean embedding); diverse (the default: quotas over harm
 category x behavior, then round-robin over semantic clusters, least covered first; inside a
-cluster farthest-first from its earlier picks, its first pick a central row far from all picks).
+cluster farthest-first from its earlier picks, its first pick a central row far from all picks);
+targeted (with --against AUDITED, an `audit` output: the safety rows nearest by embedding to the
+benign rows audit ranks riskiest, its top --against-top, one counter-example per risky row in
+turn, riskiest first, within the category x behavior quotas).
 
 Without --behavior, diverse takes refusal and explanation rows in equal shares; the other
 strategies take any behavior. Always excluded unless asked: rows whose response is harmful
@@ -55,6 +58,8 @@ Examples:
   safesample select clustered.parquet --budget 100 -o - | safesample mix benign.parquet - -o train.jsonl
   safesample select clustered.parquet --budget 100 --contrast instructions.parquet -o - \\
       | safesample mix benign.parquet - -o train.jsonl
+  safesample audit benign.parquet -o audited.parquet
+  safesample select clustered.parquet --strategy targeted --against audited.parquet --budget 16 -o picked.parquet
 """
 
 
@@ -64,6 +69,7 @@ class Strategy(str, Enum):
     prototype = "prototype"
     similarity = "similarity"
     diverse = "diverse"
+    targeted = "targeted"
 
 
 Budget = Annotated[str, typer.Option("--budget", "-n", help="Rows to pick (100), or a share of the "
@@ -101,6 +107,12 @@ def command(input: Input, budget: Budget, output: Output = "-",
             contrast_lexical: Annotated[float, typer.Option(
                 "--contrast-lexical", help="Weight (0-1) of a shared harmful-sounding word next to the "
                 "cosine; 0 is off.")] = 0.0,
+            against: Annotated[Optional[str], typer.Option(
+                "--against", metavar="AUDITED", help="For --strategy targeted: the `audit` output of the "
+                "benign fine-tuning rows (its riskiest rows get counter-examples).", show_default=False)] = None,
+            against_top: Annotated[str, typer.Option(
+                "--against-top", metavar="N|P%", help="How many of the --against rows are targets: the N (or "
+                "P% of the scored) rows with the highest audit_score.")] = "10%",
             report: Annotated[Optional[str], typer.Option("--report", help="Also write the coverage "
                                                           "report as JSON here.", show_default=False)] = None,
             seed: Seed = 0, limit: Limit = None, batch_size: BatchSize = 64, dry_run: DryRun = False,
@@ -111,7 +123,7 @@ def command(input: Input, budget: Budget, output: Output = "-",
     from safesample.errors import UsageError
 
     behavior_spec = stage.parse_behavior(behavior)
-    if [input, of, contrast, *(exclude or [])].count("-") > 1:
+    if [input, of, contrast, against, *(exclude or [])].count("-") > 1:
         raise UsageError("only one table can come from stdin ('-')", "write the others to files first")
     if not 0 < dedup <= 1:
         raise UsageError(f"--dedup {dedup} is outside (0, 1]",
@@ -120,7 +132,7 @@ def command(input: Input, budget: Budget, output: Output = "-",
         budget=1, strategy=strategy.value, behavior=behavior_spec, category_col=category_col,
         dedup=None if keep_duplicates else dedup, keep_harmful=keep_harmful, exclude_threshold=exclude_threshold,
         seed=seed, batch_size=batch_size, contrast_share=contrast_share,
-        contrast_within_budget=contrast_within_budget, contrast_lexical=contrast_lexical)
+        contrast_within_budget=contrast_within_budget, contrast_lexical=contrast_lexical, against_top=against_top)
     stage.validate(options)
     if not dry_run:
         check_output(output)
@@ -131,17 +143,21 @@ def command(input: Input, budget: Budget, output: Output = "-",
     CONSOLE.debug(f"read the pool in {time.perf_counter() - started:.2f} s")
     excluded = [(path, read(path)) for path in exclude or []]
     look_alikes = (contrast, load(contrast)) if contrast is not None else None
+    risky = (against, read(against)) if against is not None else None
     if dry_run:
-        print_plan(stage.plan(table, options, exclude=excluded, contrast=look_alikes, reporter=CONSOLE))
+        print_plan(stage.plan(table, options, exclude=excluded, contrast=look_alikes, against=risky, reporter=CONSOLE))
         return
-    result = stage.select_table(table, options, exclude=excluded, contrast=look_alikes, reporter=CONSOLE)
+    result = stage.select_table(table, options, exclude=excluded, contrast=look_alikes, against=risky,
+                                reporter=CONSOLE)
     args = {"budget": budget, "rows": options.budget, "of": of, "strategy": strategy.value, "behavior": behavior,
             "category_col": category_col, "dedup": options.dedup, "keep_harmful": keep_harmful,
             "exclude": exclude or [], "exclude_threshold": exclude_threshold, "limit": limit, "contrast": contrast,
             "contrast_share": contrast_share, "contrast_within_budget": contrast_within_budget,
-            "contrast_lexical": contrast_lexical}
+            "contrast_lexical": contrast_lexical, "against": against,
+            "against_top": against_top if against else None}
     save(result.table, output, NAME, args, seed=seed, models=result.models or None,
-         inputs=[input, *(exclude or []), *([of] if of else []), *([contrast] if contrast else [])])
+         inputs=[input, *(exclude or []), *([of] if of else []), *([contrast] if contrast else []),
+                 *([against] if against else [])])
     _show_report(stage, result.report)
     if report is not None:
         write_json(result.report, report, "coverage report")

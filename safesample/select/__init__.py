@@ -59,6 +59,7 @@ from safesample.select.pool import Plan, Pool, Texts, plan_selection
 from safesample.select.quotas import allocate, allocate_nested, group_caps
 from safesample.select.report import build_report, coverage, report_rows
 from safesample.select.strategies import STRATEGY_FUNCTIONS
+from safesample.select.targeted import Targets, build_targets, pick_targeted, risky_rows
 # Embeddings are read by safesample.vectors; these names stay importable from here.
 from safesample.vectors import Vectors, embedding_matrix
 from safesample.vectors import embedding_model
@@ -102,6 +103,18 @@ def validate(options: SelectOptions) -> None:
                          "it is the weight of a shared harmful-sounding word next to the cosine; 0 turns it off")
 
 
+def check_against(options: SelectOptions, against: "tuple[str, pa.Table] | None") -> None:
+    """--against and --strategy targeted come together; the table is an `audit` output."""
+    if options.strategy == "targeted" and against is None:
+        raise UsageError("--strategy targeted needs the risky benign rows: --against AUDITED",
+                         "audit the benign rows first: safesample audit benign.parquet -o audited.parquet")
+    if against is not None and options.strategy != "targeted":
+        raise UsageError(f"--against is for --strategy targeted, not {options.strategy}",
+                         "add --strategy targeted, or drop --against")
+    if against is not None:
+        risky_rows(*against, options.against_top)  # the columns and --against-top, before any work
+
+
 def counts(options: SelectOptions, contrast: bool) -> tuple[int, int]:
     """(safety picks, look-alikes) of a selection: the budget alone, or split by --contrast-share."""
     if not contrast:
@@ -110,10 +123,12 @@ def counts(options: SelectOptions, contrast: bool) -> tuple[int, int]:
 
 
 def plan(table: "pa.Table", options: SelectOptions, *, exclude: Sequence[tuple[str, "pa.Table"]] = (),
-         contrast: tuple[str, "pa.Table"] | None = None, reporter: Reporter = SILENT) -> list[str]:
+         contrast: tuple[str, "pa.Table"] | None = None, against: tuple[str, "pa.Table"] | None = None,
+         reporter: Reporter = SILENT) -> list[str]:
     """What --dry-run prints: the columns validated, candidates counted, quotas allocated; the
     --exclude and --contrast tables are read, but prompts without embeddings are not embedded (no model)."""
     validate(options)
+    check_against(options, against)
     budget, n_contrast = counts(options, contrast is not None)
     if contrast is not None:
         _check_contrast(table, *contrast)
@@ -138,6 +153,10 @@ def plan(table: "pa.Table", options: SelectOptions, *, exclude: Sequence[tuple[s
         embedded = "its own embeddings" if "embedding" in other.column_names else "embedded with the pool's model"
         lines.append(f"  contrast: {n_contrast} benign look-alikes of the picks from {name} ({other.num_rows} rows, "
                      f"{embedded}), {'within' if options.contrast_within_budget else 'on top of'} the budget")
+    if against is not None:
+        risky = risky_rows(*against, options.against_top)
+        lines.append(f"  targets: the {risky.num_rows} riskiest rows of {against[0]} (by audit_score), one "
+                     "counter-example each in turn")
     lines += [f"  note: {note}" for note in planned.notes]
     return lines
 
@@ -151,17 +170,19 @@ def _check_contrast(table: "pa.Table", name: str, other: "pa.Table") -> None:
 
 
 def select_table(table: "pa.Table", options: SelectOptions, *, exclude: Sequence[tuple[str, "pa.Table"]] = (),
-                 contrast: tuple[str, "pa.Table"] | None = None, reporter: Reporter = SILENT,
-                 embedder: "Callable[[], EmbedTexts] | None" = None) -> SelectResult:
+                 contrast: tuple[str, "pa.Table"] | None = None, against: tuple[str, "pa.Table"] | None = None,
+                 reporter: Reporter = SILENT, embedder: "Callable[[], EmbedTexts] | None" = None) -> SelectResult:
     """The stage: `options.budget` rows of `table`, none matching an `exclude` table's prompts.
 
     `exclude` holds (name, table) pairs of evaluation prompts; those without embeddings are
     embedded with `embedder()` (default: the pool's own model, loaded only then, its vectors
     cached). `contrast` (name, table) adds benign look-alikes of the picks (`select.contrast`):
-    `options.contrast_share` per pick, on top of the budget or within it."""
+    `options.contrast_share` per pick, on top of the budget or within it. `against` (name, an
+    `audit` output) gives `--strategy targeted` its risky rows (`select.targeted`)."""
     import time
 
     validate(options)
+    check_against(options, against)
     budget, n_contrast = counts(options, contrast is not None)
     if contrast is not None:
         _check_contrast(table, *contrast)
@@ -169,10 +190,15 @@ def select_table(table: "pa.Table", options: SelectOptions, *, exclude: Sequence
     factory = shared(embedder if embedder is not None else default_embedder(table, options.batch_size, reporter))
     exclusions = exclusions_from_tables(exclude, options.exclude_threshold, has_emb, factory,
                                         options.batch_size) if exclude else None
+    targets = build_targets(*against, options.against_top, factory) if against is not None else None
     started = time.perf_counter()
     result = select(table, budget, options.strategy, behavior=options.behavior,
                     category_col=options.category_col, dedup=options.dedup, keep_harmful=options.keep_harmful,
-                    exclusions=exclusions, seed=options.seed, random_draws=options.random_draws, reporter=reporter)
+                    exclusions=exclusions, seed=options.seed, random_draws=options.random_draws, reporter=reporter,
+                    targets=targets)
+    if targets is not None:
+        result.report["targets"] = {"against": targets.source, "risky_rows": len(targets.ids),
+                                    "answered": targets.answered}
     reporter.debug(f"selected {budget} rows and drew {options.random_draws} random baselines in "
                    f"{time.perf_counter() - started:.2f} s")
     model, _ = embedding_model(table)
@@ -193,8 +219,9 @@ def select(table: "pa.Table", budget: int, strategy: str = "diverse", *,
            behavior: dict[str, float] | None = None, category_col: str = "category",
            dedup: float | None = 0.95, keep_harmful: bool = False,
            exclusions: Exclusions | None = None, seed: int = 0, random_draws: int = RANDOM_DRAWS,
-           reporter: Reporter = SILENT) -> SelectResult:
-    """Pick exactly `budget` rows of `table` with `strategy`; raise DataError when it cannot."""
+           reporter: Reporter = SILENT, targets: Targets | None = None) -> SelectResult:
+    """Pick exactly `budget` rows of `table` with `strategy`; raise DataError when it cannot.
+    `targets`: the risky benign rows `--strategy targeted` answers."""
     import pyarrow as pa
 
     validate(SelectOptions(budget, strategy, dedup=dedup))
@@ -207,7 +234,13 @@ def select(table: "pa.Table", budget: int, strategy: str = "diverse", *,
     acceptor = Acceptor(pool, budget, dedup, exclusions)
     rng = np.random.default_rng(seed)
     with _one_blas_thread():
-        picks = STRATEGY_FUNCTIONS[strategy](pool, budget, plan.weights, acceptor, rng)
+        if strategy == "targeted":
+            if targets is None:
+                raise UsageError("--strategy targeted needs the risky benign rows: --against AUDITED",
+                                 "pass the output of `safesample audit` on the benign fine-tuning rows")
+            picks = pick_targeted(pool, budget, plan.weights, acceptor, targets)
+        else:
+            picks = STRATEGY_FUNCTIONS[strategy](pool, budget, plan.weights, acceptor, rng)
     if len(picks) < budget:
         counts = dict(plan.excluded, **acceptor.rejected)
         detail = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items() if v)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from safesample.behavior import BEHAVIORS
 from safesample.errors import UsageError
 
-STRATEGIES = ("random", "stratified", "prototype", "similarity", "diverse")
+STRATEGIES = ("random", "stratified", "prototype", "similarity", "diverse", "targeted")
 # What `diverse` picks when no --behavior is given: the behaviors of a good safety example.
 SAFE_BEHAVIORS = ("refusal", "explanation")
-EMBEDDING_STRATEGIES = ("prototype", "similarity", "diverse")
+EMBEDDING_STRATEGIES = ("prototype", "similarity", "diverse", "targeted")
 RANDOM_DRAWS = 10
 NO_CATEGORY = "(none)"
 ALL_BEHAVIORS = "(all)"
@@ -95,3 +95,5 @@ class SelectOptions:
     contrast_share: float = 0.5
     contrast_within_budget: bool = False
     contrast_lexical: float = 0.0
+    # --strategy targeted: how many of the --against table's riskiest rows are targets (N or P%).
+    against_top: str = "10%"
