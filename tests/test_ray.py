@@ -384,3 +384,28 @@ def test_a_dead_ray_address_fails_at_once_naming_it(pairs_table: Path, tmp_path:
     assert time.monotonic() - start < 60
     assert proc.returncode == 2 and "127.0.0.1:1" in proc.stderr and "hint:" in proc.stderr
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_audit_same_rows_and_values_on_ray(ray_address: str, tiny_llama: Path, tmp_path: Path):
+    """audit through the registry on Ray: the direction fit once on the driver, the rows scored in
+    the workers, ranks and --drop-top over every row: the local run's table, value for value."""
+    from test_audit import _anchors, _benign
+
+    pq.write_table(_anchors(12), tmp_path / "anchors.parquet")
+    pq.write_table(pa.concat_tables([_benign(6)] * 2).set_column(0, "id", pa.array([f"b{i}" for i in range(12)])),
+                   tmp_path / "benign.parquet")
+    common = ("audit", str(tmp_path / "benign.parquet"), "--model", str(tiny_llama), "--anchors",
+              str(tmp_path / "anchors.parquet"), "--dtype", "float32", "--max-tokens", "64", "--batch-size", "2",
+              "--no-cache", "--drop-top", "2")
+    local = run(*common, "-o", str(tmp_path / "local.parquet"))
+    remote = run(*common, "-o", str(tmp_path / "ray.parquet"), address=ray_address)
+    assert local.returncode == 0, local.stderr
+    assert remote.returncode == 0, remote.stderr
+    a, b = read(tmp_path / "local.parquet"), read(tmp_path / "ray.parquet")
+    assert a.num_rows == b.num_rows == 10  # 12 rows, the top 2 dropped
+    _same(a, b, skip=("audit_score", "audit_similarity", "audit_z"))
+    for name in ("audit_score", "audit_similarity", "audit_z"):
+        x, y = a.column(name).to_pylist(), b.column(name).to_pylist()
+        assert all((u is None and v is None) or abs(u - v) < 1e-5 for u, v in zip(x, y)), name
+    entry = json.loads(b.schema.metadata[b"safesample.provenance"])[-1]
+    assert entry["args"]["executor"] == "ray" and entry["args"]["layer_read"] is not None
