@@ -39,6 +39,11 @@ _STREAM_HINT = ("the command that wrote it was interrupted or killed before it f
 
 
 def read_path(path: Path, head: bytes, label: str) -> "pa.Table":
+    """The table in the file at `path` (whose first bytes are `head`), its text checked to be UTF-8."""
+    return check_utf8(_read_path(path, head, label), label)
+
+
+def _read_path(path: Path, head: bytes, label: str) -> "pa.Table":
     import pyarrow as pa
 
     try:
@@ -69,6 +74,42 @@ def read_path(path: Path, head: bytes, label: str) -> "pa.Table":
                         "that wrote it") from exc
     raise DataError(f"{label!r} is not a table in a supported format",
                     f"safesample reads {SUPPORTED}")
+
+
+def check_utf8(table: "pa.Table", label: str) -> "pa.Table":
+    """`table` when every text value is valid UTF-8; else a DataError naming the column and row.
+    Parquet and Arrow files can carry invalid bytes in a string column, and JSON Lines readers
+    pass them through; left in, they fail far from here (or are silently changed on the way out).
+    CSV columns of invalid text come out as binary: the same error."""
+    import pyarrow as pa
+
+    for field in table.schema:
+        kind = field.type
+        csv_bytes = label.lower().endswith((".csv", ".tsv")) and pa.types.is_binary(kind)
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or csv_bytes):
+            continue
+        offset = 0
+        for chunk in table.column(field.name).chunks:
+            if not csv_bytes:
+                try:
+                    chunk.validate(full=True)
+                    offset += len(chunk)
+                    continue
+                except pa.ArrowInvalid:
+                    pass
+            raw = chunk.view(pa.large_binary() if pa.types.is_large_string(kind) else pa.binary()) \
+                if not csv_bytes else chunk
+            for k, value in enumerate(raw.to_pylist()):
+                try:
+                    if value is not None:
+                        value.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"column {field.name!r} of {label!r} holds text that is not valid UTF-8 "
+                                    f"(row {offset + k + 1}: {value[max(0, exc.start - 10):exc.start + 10]!r})",
+                                    "re-encode the data as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or fix the "
+                                    "program that wrote it") from None
+            offset += len(chunk)
+    return table
 
 
 def _read_csv(path: Path, delimiter: str) -> "pa.Table":
@@ -115,7 +156,7 @@ def read_stdin() -> "pa.Table":
         raise DataError("stdin is empty: no table arrived through the pipe",
                         "the command before this one in the pipe probably failed; see its error")
     if head.startswith(ARROW_STREAM_MAGIC):
-        return read_stream(_Prefixed(head, stdin), "stdin")
+        return check_utf8(read_stream(_Prefixed(head, stdin), "stdin"), "stdin")
     # Parquet (or a text table) on a pipe: spool it to a temporary file, then read that.
     with tempfile.NamedTemporaryFile(prefix="safesample-stdin-", suffix=".spool") as spool:
         spool.write(head)
