@@ -32,7 +32,7 @@ from typing import Any
 
 from safesample import __version__
 from safesample.report.experiment import experiment_section
-from safesample.report.formatting import num, pct, pp
+from safesample.report.formatting import num, pct, pp, visible
 from safesample.report.inputs import EXPECTED, KINDS, ReportInput, json_kind, load_input, load_inputs, table_kind
 from safesample.report.judged import base_input, judge_section
 from safesample.report.options import ReportOptions
@@ -109,7 +109,7 @@ def _template():
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(loader=PackageLoader("safesample.report", "templates"), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, finalize=visible)
     env.filters["pct"] = pct
     env.filters["num"] = num
     env.filters["pp"] = pp

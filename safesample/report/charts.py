@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -39,7 +40,11 @@ def to_svg(fig) -> str:
     import matplotlib
 
     buf = io.StringIO()
-    with matplotlib.rc_context(RC):
+    with matplotlib.rc_context(RC), warnings.catch_warnings():
+        # The SVG keeps text as text (svg.fonttype none): the browser draws every glyph with its
+        # own fonts, so matplotlib's "Glyph N missing from font(s) DejaVu Sans" (CJK, emoji,
+        # control characters in a category name) is about a font the page never uses.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
     start = text.find("<svg")

@@ -28,3 +28,32 @@ def num(value: Any, digits: int = 3) -> str:
         return f"{value:.{digits}g}" if not value.is_integer() else str(int(value))
     return str(value)
 
+
+
+# Control characters in data (NUL, ESC and the rest of C0 but tab and newlines, DEL, C1) never
+# reach the page raw: they show as the Unicode control pictures (U+2400...), so a reader sees
+# that they were there and no terminal escape or NUL lands in the HTML.
+_CONTROL = {i: 0x2400 + i for i in range(32) if i not in (9, 10, 13)}
+_CONTROL[0x7F] = 0x2421
+_CONTROL.update({i: f"\\x{i:02x}" for i in range(0x80, 0xA0)})
+
+
+def visible(value: Any) -> Any:
+    """Text with its control characters shown as symbols (the template's `finalize`: every value
+    the page prints passes here); anything else unchanged."""
+    if isinstance(value, str):
+        cleaned = str.translate(value, _CONTROL)
+        return type(value)(cleaned) if type(value) is not str else cleaned
+    return value
+
+
+EXAMPLE_CHARS = 4000  # longest prompt or response shown in an example, in characters
+
+
+def cut(value: Any, limit: int = EXAMPLE_CHARS) -> Any:
+    """A long text cut to `limit` characters with a note of how much was left out (once, where
+    the example is built: a response shown in several comparisons is never embedded whole)."""
+    if not isinstance(value, str) or len(value) <= limit:
+        return value
+    return (f"{value[:limit]}\n[... {len(value) - limit:,} more characters not shown; the whole text is in "
+            "the judge table]")

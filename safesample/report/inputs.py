@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from safesample.errors import DataError, UsageError
 from safesample.report.experiment import is_summary
+from safesample.report.shapes import check_shape
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -61,30 +62,24 @@ def load_inputs(paths: list[str], run: "RunFiles | None" = None) -> list[ReportI
 
 
 def load_input(path: str, run: "RunFiles | None" = None) -> ReportInput:
+    """One input: a JSON report or summary (told by its keys, its values checked), or a table
+    (a file in any format the other commands read, JSON Lines included, a shard folder, a glob)."""
+    from safesample import shards
     from safesample.tables import get_provenance, read_table
 
     p = Path(path)
-    if path != "-":
+    sharded = path != "-" and shards.is_sharded(path)
+    if path != "-" and not sharded:
         if not p.exists():
             raise UsageError(f"input file {path!r} does not exist", "check the path; report reads "
                              + EXPECTED)
-        if p.is_dir():
-            raise UsageError(f"input {path!r} is a directory", f"pass files: {EXPECTED}")
-        with open(p, "rb") as fh:
-            head = fh.read(64).lstrip()
-        if p.suffix.lower() == ".json" or head.startswith(b"{"):
-            raw = p.read_bytes()
-            try:
-                data = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise DataError(f"{path!r} is not valid JSON ({exc})", f"report reads {EXPECTED}") from None
-            kind = json_kind(data)
-            if kind is None:
-                keys = ", ".join(list(data)[:8]) if isinstance(data, dict) else type(data).__name__
-                raise DataError(f"{path!r} is none of the report's inputs (JSON with {keys})",
-                                f"report reads {EXPECTED}")
-            return ReportInput(path, kind, data=data, size=len(raw),
-                               sha256=hashlib.sha256(raw).hexdigest()[:12])
+        if p.suffix.lower() not in (".jsonl", ".ndjson"):
+            with open(p, "rb") as fh:
+                head = fh.read(64).lstrip()
+            if p.suffix.lower() == ".json" or head.startswith(b"{"):
+                found = _json_input(path, p.read_bytes())
+                if found is not None:
+                    return found
     table = read_table(path, run)
     history = get_provenance(table)
     kind = table_kind(table, history)
@@ -93,10 +88,45 @@ def load_input(path: str, run: "RunFiles | None" = None) -> ReportInput:
         raise DataError(f"{path!r} is none of the report's inputs (a table with columns {cols})",
                         f"report reads {EXPECTED}")
     size = sha = None
-    if path != "-":
+    if sharded:
+        files = shards.shard_files(path)[0]
+        size = sum(f.stat().st_size for f in files)
+        sha = hashlib.sha256("".join(file_hash(f) for f in files).encode()).hexdigest()[:12]
+    elif path != "-":
         size = p.stat().st_size
         sha = file_hash(p)
     return ReportInput(path, kind, table=table, provenance=history, size=size, sha256=sha)
+
+
+def _json_input(path: str, raw: bytes) -> ReportInput | None:
+    """A JSON report or summary; None when the file is JSON Lines (a table: one object per
+    line, which its second line tells, or a single line that is no report)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path!r} is not UTF-8 text (byte {exc.start})", f"report reads {EXPECTED}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if _object_line(lines[0] if lines else ""):
+            return None  # JSON Lines: one object per line
+        raise DataError(f"{path!r} is not valid JSON ({exc})", f"report reads {EXPECTED}") from None
+    kind = json_kind(data)
+    if kind is None:
+        if len(lines) == 1 and isinstance(data, dict) and not path.lower().endswith(".json"):
+            return None  # a one-row JSON Lines table
+        keys = ", ".join(map(str, list(data)[:8])) if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path!r} is none of the report's inputs (JSON with {keys})", f"report reads {EXPECTED}")
+    check_shape(data, kind, path)
+    return ReportInput(path, kind, data=data, size=len(raw), sha256=hashlib.sha256(raw).hexdigest()[:12])
+
+
+def _object_line(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def file_hash(path: Path) -> str:

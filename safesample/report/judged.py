@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safesample.errors import DataError, UsageError
-from safesample.report.formatting import pct, pp
+from safesample.report.formatting import cut, pct, pp
 from safesample.report.inputs import ReportInput
 from safesample.report.options import ReportOptions
 from safesample.reporter import Reporter
@@ -250,8 +250,8 @@ def _examples(base: "pa.Table", now: "pa.Table", options: ReportOptions) -> list
         bucket = out.setdefault((move, group), [])
         if len(bucket) < options.examples:
             bucket.append({"id": r["id"], "category": r.get(options.category_col),
-                           "prompt": r.get(pcol) if pcol else None,
-                           "before": b.get("response"), "after": r.get("response")})
+                           "prompt": cut(r.get(pcol)) if pcol else None,
+                           "before": cut(b.get("response")), "after": cut(r.get("response"))})
     return [{"move": m.replace("->", " → "), "group": g, "rows": rows} for (m, g), rows in sorted(out.items())]
 
 
