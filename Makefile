@@ -102,6 +102,8 @@ clean:
 
 # `make experiment`: the CPU evidence run (about an hour on 2 cores); see experiments/experiment.mk.
 # `make experiment-audit`: does audit find the rows that erode safety (experiments/audit.mk).
+# `make experiment-v3`: the third evidence run, where forgetting is strong (experiments/v3.mk).
 experiment: install
 include experiments/experiment.mk
 include experiments/audit.mk
+include experiments/v3.mk

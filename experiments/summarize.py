@@ -40,7 +40,11 @@ GROUPS = {"harmful refused": lambda d: d["label"] == "harmful",
           "helpful refused (AlpacaEval)": lambda d: d["category"] == "alpaca_eval"}
 
 
-def load_arms(folder: Path) -> dict[tuple[str, int, int], pd.DataFrame]:
+def load_arms(folder: Path, labels: pd.DataFrame | None = None,
+              generated_only: bool = False) -> dict[tuple[str, int, int], pd.DataFrame]:
+    """Each arm's table by (strategy, budget, seed). With `labels` (eval.parquet's id, category,
+    label), an arm's table holds ids and numbers only (experiments/arm_results.py) and the labels
+    are joined back; `generated_only` keeps the prompts that were answered by generation."""
     arms = {}
     for path in sorted(folder.glob("*.parquet")):
         if path.stem == "none":
@@ -52,8 +56,17 @@ def load_arms(folder: Path) -> dict[tuple[str, int, int], pd.DataFrame]:
         else:
             continue
         names = pq.read_schema(path).names
-        df = pd.read_parquet(path, columns=["id", "category", "label"]
-                             + [c for c in ("refusal", "response", "refusal_score") if c in names])
+        if labels is not None:
+            df = pd.read_parquet(path, columns=["id"] + [c for c in ("refusal", "refusal_score", "generated",
+                                                                   "harmful_response") if c in names])
+            df = labels.merge(df, on="id", how="inner")
+            if generated_only:
+                if "generated" not in df or not df["generated"].any():
+                    continue
+                df = df[df["generated"]].drop(columns=["refusal_score"], errors="ignore")
+        else:
+            df = pd.read_parquet(path, columns=["id", "category", "label"]
+                                 + [c for c in ("refusal", "response", "refusal_score") if c in names])
         if "refusal" in df:
             df["refusal"] = df["refusal"].astype("boolean").fillna(False).astype(bool)
         arms[key] = df.set_index("id")
@@ -241,11 +254,18 @@ def main() -> None:
     ap.add_argument("--command", default="make experiment")
     ap.add_argument("--scored", type=Path, help="folder of per-arm tables with a refusal_score column "
                     "(score-only judge runs on the full eval set), same file names as JUDGED")
+    ap.add_argument("--labels", type=Path, help="eval.parquet: JUDGED is then a folder of committed arm "
+                    "results (experiments/arm_results.py: ids and numbers), the labels joined back")
     ap.add_argument("--pairs", default=DEFAULT_PAIRS, help="ARM:VS strategy pairs compared over seeds "
                     f"[default: {DEFAULT_PAIRS}]")
     a = ap.parse_args()
-    arms = load_arms(a.judged)
-    scored = load_arms(a.scored) if a.scored and a.scored.is_dir() else {}
+    if a.labels is not None:  # one folder of committed arm results (ids and numbers) + the eval labels
+        labels = pd.read_parquet(a.labels, columns=["id", "category", "label"])
+        arms = load_arms(a.judged, labels, generated_only=True)
+        scored = load_arms(a.judged, labels)
+    else:
+        arms = load_arms(a.judged)
+        scored = load_arms(a.scored) if a.scored and a.scored.is_dir() else {}
     if not arms and not scored:
         raise SystemExit(f"no judged arms in {a.judged}")
     a.out.mkdir(parents=True, exist_ok=True)
