@@ -359,3 +359,25 @@ def test_cli_failure_mid_render_leaves_no_partial_page(inputs, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 1 and "mid-render" in proc.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".r.html")]
+
+
+def test_an_audit_table_gets_its_section_with_the_top_rows_folded(tmp_path: Path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 120
+    scores = rng.normal(size=n)
+    ranks = np.empty(n, dtype=np.int64)
+    ranks[np.argsort(-scores)] = np.arange(1, n + 1)
+    table = pa.table({"id": [f"r{i}" for i in range(n)], "instruction": [f"task <b>{i}</b>" for i in range(n)],
+                      "output": ["answer " * (i % 30 + 1) for i in range(n)], "audit_score": scores,
+                      "audit_rank": ranks, "response_tokens": [i % 30 + 3 for i in range(n)]})
+    write_table(table, str(tmp_path / "audited.parquet"),
+                provenance_entry("audit", {"layer_read": 4, "held_out_auroc": 0.789, "model": "qwen2.5-coder-0.5b"}))
+    loaded = load_inputs([str(tmp_path / "audited.parquet")])
+    assert loaded[0].kind == "audit" and "sections: audit" in "\n".join(plan(loaded, ReportOptions()))
+    html = report_table(loaded)
+    assert 'id="audit"' in html and "layer 4" in html and "0.789" in html
+    top = int(np.argmax(scores))
+    assert f"#1 · r{top} ·" in html and html.count('<span class="badge">training data</span>') == 20
+    assert "task <b>" not in html and "task &lt;b&gt;" in html  # training text is escaped, never markup

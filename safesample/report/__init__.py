@@ -8,7 +8,8 @@ or JSON keys), the provenance (the last command that wrote it) telling a bare po
 - ``selection_report``: the JSON of `select --report` (`selection`, `random`, `counts`);
 - ``judge``: a `judge` output table (`eval_group`, `refusal`);
 - ``judge_summary``: the JSON of `judge --summary` (`overall`, `by_category`, maybe `compare`);
-- ``experiment``: the summary.json of `make experiment` (`arms`, `table`).
+- ``experiment``: the summary.json of `make experiment` (`arms`, `table`);
+- ``audit``: an `audit` output table (`audit_score`, `audit_rank`).
 
 The page: selection coverage (category x behavior heatmap of pool vs picks vs a random draw's
 expectation, clusters covered, a 2-D PCA map of the pool's embeddings with the picks), the
@@ -31,6 +32,7 @@ import time
 from typing import Any
 
 from safesample import __version__
+from safesample.report.audited import audit_section
 from safesample.report.experiment import experiment_section
 from safesample.report.formatting import num, pct, pp, visible
 from safesample.report.inputs import EXPECTED, KINDS, ReportInput, json_kind, load_input, load_inputs, table_kind
@@ -70,6 +72,8 @@ def _sections(inputs: list[ReportInput]) -> list[str]:
         out.append("judge")
     if "experiment" in kinds:
         out.append("experiment")
+    if "audit" in kinds:
+        out.append("audit")
     return out
 
 
@@ -89,13 +93,15 @@ def report_table(inputs: list[ReportInput], options: ReportOptions | None = None
 
     context: dict[str, Any] = {"title": options.title, "note": options.note, "version": __version__,
                                "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    with reporter.progress(3, "report", unit="sections") as advance:
+    with reporter.progress(4, "report", unit="sections") as advance:
         context["selection"] = selection_section(inputs, options, chart, findings, reporter)
         advance(1)
         context["judge"] = judge_section(inputs, options, chart, findings, reporter)
         advance(1)
         context["experiment"] = experiment_section([(i.name, i.data) for i in inputs if i.kind == "experiment"],
                                                    chart, findings)
+        advance(1)
+        context["audit"] = audit_section(inputs, options, chart, findings)
         advance(1)
     context["provenance"] = [provenance(i) for i in inputs]
     context["findings"] = findings

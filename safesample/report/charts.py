@@ -254,3 +254,26 @@ def _percent():
     from matplotlib.ticker import PercentFormatter
 
     return PercentFormatter(1.0, decimals=0)
+
+
+def score_panels(scores: np.ndarray, lengths: np.ndarray, flagged: np.ndarray, *, score_name: str) -> str:
+    """An audit's scores: their distribution (the flagged rows' part marked), and the score
+    against response length (what confounds it)."""
+    with _rc():
+        fig = _figure(9.0, 3.0)
+        left, right = fig.subplots(1, 2)
+        bins = np.histogram_bin_edges(scores, bins=40)
+        left.hist(scores[~flagged], bins=bins, color="#b8c4d6", label="kept")
+        if flagged.any():
+            left.hist(scores[flagged], bins=bins, color=PALETTE[3], label="flagged")
+            left.legend(fontsize=8)
+        left.set_title(f"{score_name} over the rows")
+        left.set_xlabel(score_name)
+        left.set_ylabel("rows")
+        right.scatter(lengths[~flagged], scores[~flagged], s=4, alpha=0.35, color=PALETTE[0], linewidths=0)
+        if flagged.any():
+            right.scatter(lengths[flagged], scores[flagged], s=6, color=PALETTE[3], linewidths=0)
+        right.set_title(f"{score_name} vs response length")
+        right.set_xlabel("response tokens (as trained on)")
+        right.set_ylabel(score_name)
+        return to_svg(fig)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safesample.errors import DataError, UsageError
+from safesample.report.audited import is_audit
 from safesample.report.experiment import is_summary
 from safesample.report.shapes import check_shape
 
@@ -29,9 +30,10 @@ KINDS = {
     "judge": "a `judge` output table",
     "judge_summary": "a `judge --summary` JSON",
     "experiment": "an experiment summary.json (`make experiment`)",
+    "audit": "an `audit` output table (benign rows scored)",
 }
 EXPECTED = ("a `select` output table or its --report JSON, a `judge` output table or its --summary "
-            "JSON, the pool table (label/embed/cluster output), or an experiment summary.json")
+            "JSON, the pool table (label/embed/cluster output), an `audit` output, or an experiment summary.json")
 
 
 @dataclass
@@ -145,6 +147,8 @@ def table_kind(table: "pa.Table", history: list[dict[str, Any]] | None = None) -
         return "selection"
     if {"eval_group", "refusal"} <= cols:
         return "judge"
+    if is_audit(cols):
+        return "audit"
     from safesample.stages import table_kinds
 
     last = (history or [{}])[-1].get("command") if history else None
