@@ -18,14 +18,9 @@ if TYPE_CHECKING:
     from safesample.report.inputs import ReportInput
     from safesample.report.options import ReportOptions
 
-COLUMNS = ("audit_score", "audit_rank")
 TOP = 20  # rows shown (folded)
 FLAG_SHARE = 0.05  # without a --drop-top in the provenance, the top 5 % are drawn as flagged
 TEXT_CHARS = 2000  # a row's text is cut here once, with a note
-
-
-def is_audit(columns: set[str]) -> bool:
-    return set(COLUMNS) <= columns
 
 
 def _audit_args(inp: "ReportInput") -> dict[str, Any]:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safesample.errors import DataError, UsageError
-from safesample.report.audited import is_audit
 from safesample.report.experiment import is_summary
 from safesample.report.shapes import check_shape
 
@@ -147,7 +146,7 @@ def table_kind(table: "pa.Table", history: list[dict[str, Any]] | None = None) -
         return "selection"
     if {"eval_group", "refusal"} <= cols:
         return "judge"
-    if is_audit(cols):
+    if {"audit_score", "audit_rank"} <= cols:  # an `audit` output
         return "audit"
     from safesample.stages import table_kinds
 
