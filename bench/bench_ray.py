@@ -79,7 +79,7 @@ def main() -> int:
     import ray
 
     from safesample.executors import ray as rayx
-    from safesample.shards import write_sharded
+    from safesample.tables.shards import write_sharded
 
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     embed_rows = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000

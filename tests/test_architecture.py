@@ -21,7 +21,7 @@ CLI = {"cli", "console", "completions", "__main__"}
 # One module (or package) per stage: a library function from a table to a table.
 STAGES = set(stages.NAMES)
 # Everything stages build on; none of it may import a stage or the CLI.
-FOUNDATION = {"tables", "shards", "vectors", "schema", "behavior", "reporter", "errors", "cache", "stdio",
+FOUNDATION = {"tables", "vectors", "schema", "behavior", "reporter", "errors", "cache", "stdio",
               "backends", "guards", "calibration", "demo", "executors", "prompts", "prompting", "texts", "stages",
               "__init__"}
 

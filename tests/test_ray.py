@@ -60,7 +60,7 @@ def read(path: Path) -> pa.Table:
 @pytest.fixture(scope="module")
 def shards_in(tmp_path_factory) -> Path:
     """300 real rows of the safety pool as a folder of 3 shards with a manifest."""
-    from safesample.shards import write_sharded
+    from safesample.tables.shards import write_sharded
 
     table = pq.read_table(shared_dataset("safety_tuned_llamas")).slice(0, ROWS)
     table = table.drop_columns([c for c in table.column_names if pa.types.is_null(table.schema.field(c).type)])
@@ -82,7 +82,7 @@ def _same(local: pa.Table, remote: pa.Table, skip: tuple[str, ...] = ()) -> None
 
 
 def test_shard_folder_round_trip_and_manifest(shards_in: Path, tmp_path: Path):
-    from safesample.shards import MANIFEST
+    from safesample.tables.shards import MANIFEST
 
     manifest = json.loads((shards_in / MANIFEST).read_text())
     assert manifest["rows"] == ROWS and len(manifest["files"]) == 3

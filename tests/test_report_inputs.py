@@ -68,7 +68,7 @@ def test_a_jsonl_table_is_read_as_a_table(tmp_path: Path):
 
 
 def test_shard_folders_and_globs_are_report_inputs(tmp_path: Path):
-    from safesample.shards import write_sharded
+    from safesample.tables.shards import write_sharded
 
     write_sharded(_pool(), str(tmp_path / "pool") + "/", rows_per_shard=10)
     for source in (str(tmp_path / "pool"), str(tmp_path / "pool" / "part-*.parquet")):

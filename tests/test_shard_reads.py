@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cli
-from safesample import shards
+from safesample.tables import shards
 from safesample.errors import DataError
 from safesample.tables import read_table
 from safesample.vectors import embedding_field, embedding_column
@@ -162,3 +162,28 @@ def test_a_manifest_that_is_a_folder_is_an_error(folder: Path):
     (folder / "_SUCCESS").mkdir()
     with pytest.raises(DataError, match="_SUCCESS"):
         read_table(str(folder))
+
+
+def test_an_interrupted_local_write_leaves_no_folder_it_created(tmp_path: Path, monkeypatch):
+    table = pa.table({"id": [str(i) for i in range(10)], "x": list(range(10))})
+    calls = []
+
+    def write(self, task, part, key=""):
+        calls.append(task)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return shards.write_staged(self.staging, task, part, key)
+    monkeypatch.setattr(shards.ShardOutput, "write", write)
+    with pytest.raises(KeyboardInterrupt):
+        shards.write_sharded(table, str(tmp_path / "new") + "/", rows_per_shard=3)
+    assert not (tmp_path / "new").exists()
+    # a folder that was there before (an earlier output) keeps what it had
+    monkeypatch.undo()
+    shards.write_sharded(table, str(tmp_path / "old") + "/", rows_per_shard=5)
+    before = sorted(p.name for p in (tmp_path / "old").iterdir())
+    calls.clear()
+    monkeypatch.setattr(shards.ShardOutput, "write", write)
+    with pytest.raises(KeyboardInterrupt):
+        shards.write_sharded(table, str(tmp_path / "old") + "/", rows_per_shard=3)
+    assert read_table(str(tmp_path / "old")).num_rows == 10
+    assert set(before) <= {p.name for p in (tmp_path / "old").iterdir()}

@@ -98,7 +98,7 @@ def test_a_single_parquet_file_with_a_flipped_bit_is_an_error(tmp_path: Path):
 
 def test_a_second_run_writing_the_same_folder_is_refused(tmp_path: Path):
     from safesample.errors import UsageError
-    from safesample.shards import ShardOutput
+    from safesample.tables.shards import ShardOutput
 
     with ShardOutput(str(tmp_path / "sd") + "/"):
         proc = cli("label", str(POOL), "--all-harmful", "-o", str(tmp_path / "sd") + "/")

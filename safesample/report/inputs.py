@@ -65,7 +65,7 @@ def load_inputs(paths: list[str], run: "RunFiles | None" = None) -> list[ReportI
 def load_input(path: str, run: "RunFiles | None" = None) -> ReportInput:
     """One input: a JSON report or summary (told by its keys, its values checked), or a table
     (a file in any format the other commands read, JSON Lines included, a shard folder, a glob)."""
-    from safesample import shards
+    from safesample.tables import shards
     from safesample.tables import get_provenance, read_table
 
     p = Path(path)

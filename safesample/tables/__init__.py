@@ -6,7 +6,7 @@
 - `atomic`: every file written to a temporary file and renamed into place when complete.
 - `guard`: `RunFiles`, what one CLI run reads and writes, so no output replaces an input.
 - `provenance`: stable row ids and the per-stage records in the schema metadata.
-- `safesample.shards`: folders of Parquet shards with a `_SUCCESS` manifest.
+- `safesample.tables.shards`: folders of Parquet shards with a `_SUCCESS` manifest.
 
 This module dispatches a path to the right one: `read_table`, `write_table`, `check_output`.
 """
@@ -39,7 +39,7 @@ def read_table(source: str, run: RunFiles | None = None) -> "pa.Table":
     """Read a table from a path, a shard folder or glob, or `-` (stdin), in any supported format."""
     if source == STDIO:
         return read_stdin()
-    from safesample import shards
+    from safesample.tables import shards
 
     if shards.is_sharded(source):  # a folder of shards with its manifest, or a glob
         return shards.read_sharded(source, run=run)
@@ -65,7 +65,7 @@ def claim_source(source: str, run: RunFiles | None) -> None:
     input of `run` before any work, so an output that would replace one is refused up front."""
     if run is None or source == STDIO:
         return
-    from safesample import shards
+    from safesample.tables import shards
     from safesample.errors import SafesampleError
 
     if shards.is_sharded(source):
@@ -95,7 +95,7 @@ def check_output(dest: str, what: str = "-o", run: RunFiles | None = None) -> No
                              "pass -o FILE.parquet, or pipe into another command "
                              "(`... -o - | safesample ...`)")
         return
-    from safesample import shards
+    from safesample.tables import shards
 
     if shards.is_dir_output(dest):  # -o DIR/: Parquet shards and a manifest
         shards.check_dir_output(dest, what, run)
@@ -144,7 +144,7 @@ def write_table(table: "pa.Table", dest: str, provenance: dict[str, Any] | None 
     if dest == STDIO:
         write_stream(table)
         return
-    from safesample import shards
+    from safesample.tables import shards
 
     if shards.is_dir_output(dest):
         shards.write_sharded(table, dest, run=run)

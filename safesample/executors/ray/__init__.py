@@ -6,7 +6,7 @@ vLLM on its GPUs through `ray.data.llm`.
   workers read themselves, anything else read here and handed over in blocks;
 - the workers (`actors`) run the stage's table function on each task with its models loaded
   once per worker (the entry's `loaders`), in input order (`preserve_order`);
-- `-o DIR/`: each worker stages its own shard (`safesample.shards.ShardOutput`); a rerun of the
+- `-o DIR/`: each worker stages its own shard (`safesample.tables.shards.ShardOutput`); a rerun of the
   same command skips the tasks whose shards an interrupted run finished, and only the finished
   run makes the shards the folder's content, manifest last;
 - a stage with a whole-table step (the entry's `finish`: judge's summary and gates) gets every
@@ -44,7 +44,7 @@ def run(stage: "Stage", options: Any, *, source: str, output: str, ex: ExecutorO
         seed: int | None, argv: list[str] | None, inputs: list[str], run: "RunFiles | None",
         reporter: Reporter, context: dict[str, Any]) -> StageRun:
     """`stage` over `source` on Ray, written to `output` (a file, `-`, or a shard folder)."""
-    from safesample import shards
+    from safesample.tables import shards
     from safesample.executors.local import run as run_local
     from safesample.tables import PROVENANCE_KEY, check_output, claim_source, load_table, provenance_entry, write_table
 
@@ -113,7 +113,7 @@ def _history(source: str, job) -> list[dict[str, Any]]:
     """The input's provenance: a shard folder's manifest, else its schema metadata."""
     from pathlib import Path
 
-    from safesample import shards
+    from safesample.tables import shards
     from safesample.tables import PROVENANCE_KEY
 
     if source != "-" and Path(source).is_dir():

@@ -133,7 +133,7 @@ class StageActor:
                 out = out.replace_schema_metadata(self.metadata)
             if self.staging is None:
                 return out
-            from safesample.shards import write_staged
+            from safesample.tables.shards import write_staged
 
             record = write_staged(Path(self.staging), task, out, key)
             return pa.table({TASK: pa.array([task], pa.int64()), "name": [record["name"]],

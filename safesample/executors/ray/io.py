@@ -53,7 +53,7 @@ def open_input(source: str, *, limit: int | None, load: Callable[[str, int | Non
     `on_driver`, is read here by `load`."""
     import pyarrow.parquet as pq
 
-    from safesample import shards
+    from safesample.tables import shards
     from safesample.tables import PARQUET_MAGIC
 
     files: list[Path] = []
@@ -185,7 +185,7 @@ def read_slices(slices: list[list[Any]]) -> "pa.Table":
 
     from safesample.errors import DataError
 
-    from safesample.shards import check_one_schema
+    from safesample.tables.shards import check_one_schema
 
     parts = []
     for path, first, rows in slices:

@@ -438,10 +438,19 @@ def write_manifest(folder: Path, provenance: list[dict[str, Any]] | None = None,
 
 def write_sharded(table: "pa.Table", dest: str, rows_per_shard: int = SHARD_ROWS,
                   run: RunFiles | None = None) -> dict[str, Any]:
-    """Write `table` as `part-NNNNN.parquet` shards in `dest`, then the manifest."""
-    with ShardOutput(dest, run=run) as out:
-        tasks = []
-        for index, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
-            out.write(index, table.slice(start, rows_per_shard))
-            tasks.append(index)
-        return out.finish(tasks, get_provenance(table))
+    """Write `table` as `part-NNNNN.parquet` shards in `dest`, then the manifest. A folder this
+    call created is removed again when the write fails or is interrupted: a local write keeps
+    nothing a rerun could resume from (it stages no work keys), so it leaves no empty folder."""
+    created = not Path(dest).exists()
+    out = ShardOutput(dest, run=run)  # a refusal (another run holds the folder) removes nothing
+    try:
+        with out:
+            tasks = []
+            for index, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
+                out.write(index, table.slice(start, rows_per_shard))
+                tasks.append(index)
+            return out.finish(tasks, get_provenance(table))
+    except BaseException:
+        if created:
+            shutil.rmtree(out.folder, ignore_errors=True)
+        raise
