@@ -338,19 +338,27 @@ def _interrupt_embed(pool: Path, tmp_path: Path, sig: int, name: str, wait: floa
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_exit_130_with_an_interrupted_line(pool: Path, tmp_path: Path, sig: int):
     code, err, out = _interrupt_embed(pool, tmp_path, sig, "e", 4)
-    if code == -signal.SIGINT and b"error: interrupted" in err:
-        # Known flake (seen ~1 run in 4 on a busy machine, not reproduced by hand): the run reports
-        # the interrupt, then the interpreter dies by SIGINT while shutting down. Once more, and
-        # a second time is a failure. Tracked in the closing note of round 2.
-        return test_signals_exit_130_once_more(pool, tmp_path, sig)
     assert code == 130, err
-    assert "interrupted" in err.decode()
+    assert "interrupted" in err.decode() and "hint:" in err.decode()
     assert not out.exists()
 
 
-def test_signals_exit_130_once_more(pool: Path, tmp_path: Path, sig: int = signal.SIGTERM):
-    """The same check as above, run on its own (and as the retry of the known flake)."""
-    code, err, out = _interrupt_embed(pool, tmp_path, sig, "again", 5)
-    assert code == 130, err
-    assert "interrupted" in err.decode()
-    assert not out.exists()
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupt_inside_exec_still_exits_130(sig: int):
+    """The cause of the old flake (SIGTERM exit 130 about one run in 13; found with a loop of 40
+    runs and the interpreter's own flag read at exit): a KeyboardInterrupt that leaves code run by
+    a string `exec()` (dataclasses builds its methods that way, so imports of torch, numpy and
+    huggingface_hub do it) sets CPython's `_Py_UnhandledKeyboardInterrupt`, even when main()
+    catches it later; at exit the interpreter then kills itself with SIGINT (exit -2) after we
+    printed "interrupted". The handler raises a subclass of KeyboardInterrupt, which that exact
+    type check does not match: here the signal lands inside an exec every time."""
+    script = (
+        "import os, signal\n"
+        "from safesample import cli\n"
+        "cli._install_signal_handlers()\n"
+        "try:\n"
+        f"    exec('import os, signal\\nos.kill(os.getpid(), {int(sig)})\\nfor _ in range(10**8): pass')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('caught')\n")  # and end normally, as main() returning 130 does
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == b"caught\n", (proc.returncode, proc.stderr.decode())

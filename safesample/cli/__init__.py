@@ -87,11 +87,18 @@ def _error(message: str, hint: str | None) -> None:
 _interrupted: str | None = None  # the signal that stopped this run, if any
 
 
+class Interrupted(KeyboardInterrupt):
+    """What our signal handler raises. A subclass on purpose: CPython notes a *bare*
+    KeyboardInterrupt that leaves code run by a string exec() (dataclasses builds methods that
+    way, so the imports of torch, numpy, huggingface_hub do it) and, at exit, kills the process
+    with SIGINT even when main() caught the interrupt and returned 130 (the old flaky exit -2).
+    Its check is for that exact type, so a subclass never trips it."""
+
+
 def _on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
     global _interrupted
     _interrupted = signal.Signals(signum).name
-    raise KeyboardInterrupt
-
+    raise Interrupted
 
 
 def _install_signal_handlers() -> None:
