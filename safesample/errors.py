@@ -46,3 +46,29 @@ class CheckFailed(SafesampleError):
     """A gate the user asked for (a threshold) was not met."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+def environment_error(exc: BaseException) -> SafesampleError | None:
+    """The user-facing error for an OSError that the machine, not safesample, caused (a path
+    longer than the file system takes, a full disk, no permission, a read-only file system), so
+    that it reads `error:` + `hint:` wherever it was raised; None for anything else (a bug)."""
+    import errno
+
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    name = exc.filename if isinstance(exc.filename, (str, bytes)) else None
+    shown = ""
+    if name is not None:
+        text = name if isinstance(name, str) else name.decode("utf-8", "replace")
+        shown = f" {text!r}" if len(text) <= 120 else f" {text[:60]!r}... ({len(text)} characters)"
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.ENAMETOOLONG:
+        return UsageError(f"the path{shown} is too long for the file system", "use a shorter file or folder name")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DataError(f"cannot write{shown}: {why}", "free some space (or raise the quota), or write elsewhere; "
+                         "nothing half-written was left")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UsageError(f"cannot use{shown}: {why}", "check the permissions, or use another path")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+        return UsageError(f"cannot use{shown}: {why}", "check the path")
+    return None

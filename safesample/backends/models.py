@@ -10,6 +10,7 @@ import gc
 import importlib.util
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,7 +96,14 @@ def resolve(spec: str) -> ModelRef:
         raise ModelError(f"{spec!r} is a file, not a model folder", "pass the model's folder")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelError(f"model path {spec!r} does not exist", "check the path")
+    if not _HUB_ID.match(spec) or "--" in spec or ".." in spec or len(spec) > 96:
+        raise UsageError(f"model {spec[:100]!r} is neither a named model, a local model folder, nor a hub id "
+                         "(owner/name)", "check the spelling; named models: " + ", ".join(NAMED_MODELS))
     return ModelRef(spec, spec)  # a hub id; loaded from the local cache only when offline
+
+
+# What the Hugging Face hub accepts as a repository id (its own check raises a bare ValueError).
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9_](?:[\w.-]*[A-Za-z0-9_])?/)?[A-Za-z0-9_](?:[\w.-]*[A-Za-z0-9_])?$", re.ASCII)
 
 
 def _adapter_base(folder: Path) -> ModelRef:

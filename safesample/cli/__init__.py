@@ -18,7 +18,7 @@ from typer._click import exceptions as click_errors
 
 from safesample import __version__, console, stdio
 from safesample.errors import (EXIT_CODES_HELP, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE,
-                               SafesampleError)
+                               SafesampleError, environment_error)
 from safesample.cli import common
 from safesample.stages import STAGES
 
@@ -113,7 +113,8 @@ def _install_signal_handlers() -> None:
 
 def _interrupted_exit() -> int:
     why = f" ({_interrupted})" if _interrupted and _interrupted != "SIGINT" else ""
-    _error(f"interrupted{why}; no output was written", None)
+    _error(f"interrupted{why}; no output was written", "rerun the command to start again (a -o DIR/ run under "
+           "--executor ray resumes from the shards it had finished)")
     return EXIT_INTERRUPTED
 
 
@@ -157,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted_exit()
         if console.verbosity() >= console.VERBOSE:
             traceback.print_exc()
+        mapped = environment_error(exc)  # the machine's doing (a full disk, a too long path): no bug
+        if mapped is not None:
+            _error(mapped.message, mapped.hint)
+            return mapped.exit_code
         _error(f"{type(exc).__name__}: {exc}", "this looks like a bug; rerun with -v for the traceback "
                "and report it")
         return EXIT_ERROR

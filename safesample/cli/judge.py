@@ -139,7 +139,11 @@ def command(
     if judge_template is not None:
         if not judge_template.is_file():
             raise UsageError(f"--judge-template {str(judge_template)!r} does not exist", "check the path")
-        opts.judge_template = judge_template.read_text()
+        try:
+            opts.judge_template = judge_template.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"--judge-template {str(judge_template)!r} is not UTF-8 text (byte {exc.start})",
+                             "save the template as UTF-8 text with {instruction} and {response} placeholders") from None
     check_side_output(summary, "--summary")
     base = load(compare) if compare else None
     ex = executor_options(executor, ray_address, concurrency, batch_size, quiet, verbose)

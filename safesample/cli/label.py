@@ -109,7 +109,11 @@ def command(
         if not prompt_file.is_file():
             raise UsageError(f"prompt file {str(prompt_file)!r} does not exist",
                              "pass a text file with {instruction} and {response} placeholders")
-        template = prompt_file.read_text(encoding="utf-8")
+        try:
+            template = prompt_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"prompt file {str(prompt_file)!r} is not UTF-8 text (byte {exc.start})",
+                             "save the template as UTF-8 text with {instruction} and {response} placeholders") from None
     serving = engine_cli.options(max_model_len, tensor_parallel_size, gpu_memory_utilization, enforce_eager)
     opts = LabelOptions(judge=judge, model=model, engine=engine, batch_size=batch_size, dtype=dtype, **serving,
                         template=template, prompt_file=str(prompt_file) if prompt_file else None,
