@@ -362,3 +362,17 @@ def test_an_interrupt_inside_exec_still_exits_130(sig: int):
         "    print('caught')\n")  # and end normally, as main() returning 130 does
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout == b"caught\n", (proc.returncode, proc.stderr.decode())
+
+
+def test_an_interrupt_while_the_commands_are_built_exits_130(monkeypatch, capsys):
+    """The loop of 50 runs also found a signal landing in main() before its try (while typer
+    builds the commands): an uncaught interrupt with a traceback, exit 1."""
+    import typer
+
+    from safesample import cli
+
+    def interrupted(app):  # noqa: ARG001
+        raise cli.Interrupted
+    monkeypatch.setattr(typer.main, "get_command", interrupted)
+    assert cli.main(["label", "--help"]) == 130
+    assert "interrupted" in capsys.readouterr().err

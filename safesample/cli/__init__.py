@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     stdio.guard_streams()  # first: closed fds reopened, a broken stderr never fails the run
     _interrupted = None
     _install_signal_handlers()
-    command = typer.main.get_command(app)
     common.record_argv(argv)
     try:
+        command = typer.main.get_command(app)  # in the try: a signal may arrive while it builds
         code = command.main(args=argv, prog_name="safesample", standalone_mode=False)
         if code == EXIT_INTERRUPTED or _interrupted:
             # typer turns KeyboardInterrupt into a silent exit code 130
