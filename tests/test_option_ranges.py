@@ -70,3 +70,27 @@ def test_numbers_that_are_no_numbers_are_usage_errors(args: tuple[str, ...], tmp
     assert code == 2, err
     assert "error:" in err and "hint:" in err and "looks like a bug" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ("mix", str(REPO / "safesample" / "demo" / "benign.jsonl"), str(POOL), "--system", "\udcff\udcfe"),
+    ("mix", str(REPO / "safesample" / "demo" / "benign.jsonl"), str(POOL), "--map", "instruction=\udcff"),
+    ("report", str(POOL), "--title", "\udcff"),
+])
+def test_text_that_is_not_utf8_is_a_usage_error(args: tuple[str, ...], tmp_path: Path):
+    """Bytes that are not UTF-8 on the command line arrive as lone surrogates; in a path that
+    exists they are fine, in text bound for a table or a page they are a usage error."""
+    out = tmp_path / ("r.html" if args[0] == "report" else "out.jsonl")
+    code, err = _main(*args, "-o", str(out))
+    assert code == 2 and "not valid UTF-8" in err and "hint:" in err and "looks like a bug" not in err, err
+    assert not out.exists()
+
+
+def test_a_file_name_that_is_not_utf8_still_works(tmp_path: Path):
+    import shutil
+
+    odd = tmp_path / "caf\udce9.jsonl"  # the latin-1 byte 0xe9 in a file name
+    shutil.copy(POOL, odd)
+    out = tmp_path / "out.parquet"
+    code, err = _main("label", str(odd), "--all-harmful", "-q", "-o", str(out))
+    assert code == 0, err

@@ -7,6 +7,7 @@ The options are declared once here so `-o`, `--seed`, `-q`, `-v`, `--dry-run`, `
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -73,9 +74,10 @@ def setup(quiet: bool = False, verbose: bool = False) -> None:
 
 
 def check_numbers() -> None:
-    """Every number option of the running command, before any work: a float must be finite
-    (`nan`, `inf` parse as floats but mean nothing), an integer must fit 64 bits. Ranges of
-    their own (e.g. `--seed`, `--limit`) are declared with the option."""
+    """Every option value of the running command, before any work: a float must be finite
+    (`nan`, `inf` parse as floats but mean nothing), an integer must fit 64 bits, and text must
+    be UTF-8 (a path that exists may be any bytes). Ranges of their own (e.g. `--seed`,
+    `--limit`) are declared with the option."""
     import math
 
     from typer._click.globals import get_current_context
@@ -94,6 +96,16 @@ def check_numbers() -> None:
             else:
                 continue
             raise UsageError(bad, f"pass a number in the option's range: see `safesample {ctx.command.name} --help`")
+        if isinstance(value, (str, list, tuple)) and param.name not in OUTPUT_OPTIONS:
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                # Bytes that are not UTF-8 reach Python as lone surrogates: fine in a path that
+                # exists (the file system takes any bytes), unusable in text that goes into a table.
+                if isinstance(v, str) and _SURROGATE.search(v) and not os.path.lexists(v):
+                    raise UsageError(f"{flag} {v!a} is not valid UTF-8 text",
+                                     "pass the value in UTF-8 (a file name in another encoding must exist)")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _command_params() -> dict[str, Any]:

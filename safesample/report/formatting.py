@@ -36,6 +36,7 @@ def num(value: Any, digits: int = 3) -> str:
 _CONTROL = {i: 0x2400 + i for i in range(32) if i not in (9, 10, 13)}
 _CONTROL[0x7F] = 0x2421
 _CONTROL.update({i: f"\\x{i:02x}" for i in range(0x80, 0xA0)})
+_CONTROL.update({i: 0xFFFD for i in range(0xD800, 0xE000)})  # lone surrogates cannot be written as UTF-8
 
 
 def visible(value: Any) -> Any:

@@ -40,10 +40,20 @@ _STREAM_HINT = ("the command that wrote it was interrupted or killed before it f
 
 def read_path(path: Path, head: bytes, label: str) -> "pa.Table":
     """The table in the file at `path` (whose first bytes are `head`), its text checked to be UTF-8."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name that is not UTF-8 (Python holds its bytes as surrogates): Arrow's readers
+        # take UTF-8 names only, so they read it through an open descriptor's name instead.
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return check_utf8(_read_path(Path(f"/dev/fd/{fd}"), head, label, suffix=Path(path).suffix), label)
+        finally:
+            os.close(fd)
     return check_utf8(_read_path(path, head, label), label)
 
 
-def _read_path(path: Path, head: bytes, label: str) -> "pa.Table":
+def _read_path(path: Path, head: bytes, label: str, suffix: str | None = None) -> "pa.Table":
     import pyarrow as pa
 
     try:
@@ -62,7 +72,7 @@ def _read_path(path: Path, head: bytes, label: str) -> "pa.Table":
         if head.startswith(ARROW_STREAM_MAGIC):
             with open(path, "rb") as src:
                 return read_stream(src, label)
-        suffix = path.suffix.lower()
+        suffix = (path.suffix if suffix is None else suffix).lower()
         if suffix in (".csv", ".tsv"):
             return _read_csv(path, "\t" if suffix == ".tsv" else ",")
         if suffix in (".jsonl", ".ndjson", ".json") or head.lstrip()[:1] == b"{":
