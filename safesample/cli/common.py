@@ -108,6 +108,23 @@ def check_numbers() -> None:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def needs(parents: dict[str, str]) -> None:
+    """Before any work: an option typed on the command line whose parent option is absent is a
+    usage error (it would be ignored silently). `parents`: parameter name -> its parent's."""
+    from typer._click.core import ParameterSource
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return
+    flags = {p.name: next((o for o in getattr(p, "opts", []) if o.startswith("--")), p.name)
+             for p in ctx.command.params}
+    for child, parent in parents.items():
+        if ctx.get_parameter_source(child) == ParameterSource.COMMANDLINE and not ctx.params.get(parent):
+            raise UsageError(f"{flags[child]} has no effect without {flags[parent]}",
+                             f"pass {flags[parent]} too, or drop {flags[child]}")
+
+
 def _command_params() -> dict[str, Any]:
     from typer._click.globals import get_current_context
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from enum import Enum
 from typing import Annotated, Optional
@@ -10,7 +11,8 @@ import typer
 
 from safesample import console
 from safesample.cli.common import (BatchSize, DryRun, Input, Limit, Output, Quiet, Seed, Verbose,
-                                   check_output, check_side_output, load, print_plan, read, save, setup, write_json)
+                                   check_output, check_side_output, load, needs, print_plan, read, save, setup,
+                                   write_json)
 
 NAME = "select"
 HELP = """Select a budget of safety examples: behavior-aware and diverse across harm categories.
@@ -122,7 +124,14 @@ def command(input: Input, budget: Budget, output: Output = "-",
     from safesample.console import CONSOLE
     from safesample.errors import UsageError
 
+    needs({"exclude_threshold": "exclude", "contrast_share": "contrast", "contrast_within_budget": "contrast",
+           "contrast_lexical": "contrast", "against_top": "against"})
     behavior_spec = stage.parse_behavior(behavior)
+    if behavior_spec and "=" in behavior:  # weights given: say how they were read when they do not sum to 1
+        total = sum(float(part.partition("=")[2]) for part in behavior.split(","))
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            CONSOLE.warn(f"--behavior weights sum to {total:g}, not 1: read as shares of the budget, "
+                         + ", ".join(f"{name} {share:.0%}" for name, share in behavior_spec.items()))
     if [input, of, contrast, against, *(exclude or [])].count("-") > 1:
         raise UsageError("only one table can come from stdin ('-')", "write the others to files first")
     if not 0 < dedup <= 1:

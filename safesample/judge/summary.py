@@ -51,6 +51,17 @@ def _col(table: "pa.Table", name: str) -> list | None:
     return table.column(name).to_pylist() if name in table.column_names else None
 
 
+def _repeated(values: Sequence[str]) -> list[str]:
+    """The values that occur more than once, in order of their second occurrence."""
+    seen: set[str] = set()
+    twice: list[str] = []
+    for v in values:
+        if v in seen and v not in twice:
+            twice.append(v)
+        seen.add(v)
+    return twice
+
+
 def _metrics(rows: list[int], group: list[str], refusal, style, harmful, reward, errors, responses,
              score=None) -> dict:
     not_benign = [i for i in rows if group[i] != "benign"]
@@ -145,12 +156,27 @@ def compare(table: "pa.Table", base: "pa.Table", category_col: str | None, *, n_
     if "refusal" not in base.column_names:
         raise DataError("the --compare table has no 'refusal' column",
                         "pass a file written by `safesample judge`")
-    base_index = {str(k): i for i, k in enumerate(base.column("id").to_pylist())}
+    base_ids = [str(k) for k in base.column("id").to_pylist()]
     ids = [str(k) for k in table.column("id").to_pylist()]
+    for name, these in (("the --compare table", base_ids), ("the judged table", ids)):
+        twice = _repeated(these)
+        if twice:
+            raise DataError(f"{name} has {len(twice)} id(s) on more than one row (first: {twice[0]!r}): rows paired "
+                            "by id would be paired with the wrong answers",
+                            "give every prompt its own id (judge the same eval file, whose ids are unique)")
+    base_index = {k: i for i, k in enumerate(base_ids)}
     pairs = [(i, base_index[k]) for i, k in enumerate(ids) if k in base_index]
     if not pairs:
         raise DataError("no row id of the judged table is in the --compare table",
                         "compare two judgements of the same prompts (the same eval file)")
+    prompt = next((c for c in ("prompt", "instruction") if c in table.column_names and c in base.column_names), None)
+    if prompt is not None:
+        now_p, base_p = table.column(prompt).to_pylist(), base.column(prompt).to_pylist()
+        differ = [ids[i] for i, j in pairs if now_p[i] != base_p[j]]
+        if differ:
+            raise DataError(f"{len(differ)} of {len(pairs)} ids paired with the --compare table have another "
+                            f"{prompt!r} there (first: id {differ[0]!r}): these are not the same prompts",
+                            "compare two judgements of the same eval file")
     group = _col(table, "eval_group") or ["unflagged"] * table.num_rows
     cats = ([NO_CATEGORY if c is None else str(c) for c in table.column(category_col).to_pylist()]
             if category_col and category_col in table.column_names else None)
@@ -228,8 +254,8 @@ def parse_gates(under: Sequence[str], over: Sequence[str], scorers: Sequence[str
                 threshold = float(value)
             except ValueError:
                 threshold = None
-            if not sep or threshold is None:
-                raise UsageError(f"--fail-{op} {item!r} is not METRIC=VALUE",
+            if not sep or threshold is None or not math.isfinite(threshold):  # nan never fails a gate
+                raise UsageError(f"--fail-{op} {item!r} is not METRIC=VALUE with a finite VALUE",
                                  "e.g. --fail-under refusal_rate=0.8")
             if metric not in known:
                 raise UsageError(f"--fail-{op}: unknown metric {metric!r}", f"metrics: {', '.join(known)}")

@@ -134,7 +134,8 @@ def candidates(table: "pa.Table", name: str, pick_ids: Sequence[Any], pick_texts
     texts = table.column(text_col).cast(pa.string()).to_pylist()
     answers = table.column(answer_col).cast(pa.string())
     empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(answers, ""))), 0), True)
-    drop(np.array([not (t and t.strip()) for t in texts]) | empty.to_numpy(zero_copy_only=False), "no_text")
+    drop(np.array([not (t and t.strip()) for t in texts], dtype=bool)  # bool even with no rows
+         | empty.to_numpy(zero_copy_only=False).astype(bool), "no_text")
     if "harmful_request" in table.column_names:
         drop(flag("harmful_request"), "harmful_request")
     if "harmful_response" in table.column_names:
