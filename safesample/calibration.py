@@ -84,6 +84,7 @@ class Calibration:
     disagreements: list[int] = field(default_factory=list)  # row indices, ascending
     skipped: int = 0  # rows with no (or an ambiguous) gold label
     undecided: list[int] = field(default_factory=list)  # rows the judge left null
+    note: str | None = None  # how the gold labels were read, when not as they were written
     gold_column: str | None = None
     judge: str | None = None  # which judge was calibrated (a stage names it)
     predicted_column: str | None = None
@@ -94,7 +95,7 @@ class Calibration:
                 "correct": self.correct, "accuracy": self.accuracy, "kappa": self.kappa,
                 "confusion": {"labels": list(self.labels), "rows": "gold", "columns": "predicted",
                               "matrix": self.confusion},
-                "recall": self.recall, "by": self.by, "skipped": self.skipped,
+                "recall": self.recall, "by": self.by, "skipped": self.skipped, "note": self.note,
                 "undecided": len(self.undecided), "disagreements": len(self.disagreements)}
 
     def summary_lines(self) -> list[str]:
@@ -107,7 +108,7 @@ class Calibration:
         lines = [f"calibration of the {who}against {what} ({self.mode}): {self.n} rows scored, "
                  f"{self.skipped} without a gold label, {len(self.undecided)} undecided by the judge",
                  f"accuracy {pct(self.accuracy)}, Cohen's kappa {pct(self.kappa)}, "
-                 f"{len(self.disagreements)} disagreements"]
+                 f"{len(self.disagreements)} disagreements"] + ([f"warning: {self.note}"] if self.note else [])
         width = max(len(x) for x in self.labels) + 2
         lines.append("gold \\ predicted".ljust(width + 2) + "".join(x.rjust(width) for x in self.labels))
         for label, counts in zip(self.labels, self.confusion):
@@ -225,6 +226,12 @@ def calibrate(predicted: Sequence[Any], gold: Sequence[Any], *, mode: str | None
         raise DataError(f"column {gold_column!r} has no gold labels (all {len(gold)} values are null, "
                         "blank or ambiguous)", f"values seen: {_seen(gold) or 'none'}")
     bare = present & {_BOOL_YES, _BOOL_NO}
+    styles = present & {"full_refusal", "partial_refusal", "compliance"}
+    note = None
+    if bare and styles and mode != "style":  # two vocabularies in one column: say how it was read
+        note = (f"column {gold_column!r} mixes refusal styles ({', '.join(sorted(styles))}) with yes/no labels: "
+                "scored in binary mode (refusal or not), the one both can say; relabel the yes/no rows to "
+                "score the refusal style")
     if mode is None:
         mode = "style" if scheme == "auto" and not bare and present & {"full_refusal", "partial_refusal"} \
             else "binary"
@@ -264,7 +271,7 @@ def calibrate(predicted: Sequence[Any], gold: Sequence[Any], *, mode: str | None
                        kappa=kappa, confusion=confusion.tolist(), recall=recall, by=groups,
                        disagreements=[i for i in scored if g[i] != p[i]],
                        skipped=sum(x is None for x in g), undecided=undecided,
-                       gold_column=gold_column)
+                       gold_column=gold_column, note=note)
 
 
 def calibrate_table(table: Any, predicted_column: str, gold_column: str, *, mode: str | None = None,
