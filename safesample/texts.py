@@ -32,11 +32,19 @@ class TextSpec:
         if self.template is None:
             return [self.text]
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
+            parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(self.template) if f is not None]
         except ValueError as exc:
             raise UsageError(f"--template {self.template!r} is not a valid template: {exc}",
                              "name columns in braces, e.g. \"{instruction}\\n{response}\"; write {{ for a "
                              "literal brace") from exc
+        fields = [f for f, _, _ in parsed]
+        shaped = next((f for f, spec, conv in parsed if spec or conv or not re.fullmatch(r"[^.\[\]]*", f or "")), None)
+        if shaped is not None:
+            # `{id:d}` fails on text, `{instruction:>99999999}` pads every row to 100 MB: the text of
+            # a column goes in as it is, so a placeholder is a bare column name.
+            raise UsageError(f"--template {self.template!r}: the placeholder of {shaped.split('.')[0].split('[')[0]!r} "
+                             "has a format, conversion, attribute or index; placeholders are bare column names",
+                             "write {column} only, e.g. \"{instruction}\\n{response}\"")
         if not fields or any(not f or f.isdigit() for f in fields):
             raise UsageError(f"--template {self.template!r} names no columns",
                              "name columns in braces, e.g. \"{instruction}\\n{response}\"")

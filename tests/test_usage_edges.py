@@ -54,3 +54,12 @@ def test_a_path_longer_than_the_file_system_takes(tmp_path: Path):
     _usage_error(proc)
     assert long not in proc.stderr  # named, but not printed whole
     assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("template", ["{id:d}", "{instruction:>999999999}", "{instruction!r}", "{instruction[0]}"])
+def test_an_embed_template_placeholder_is_a_bare_column_name(template: str, tmp_path: Path):
+    out = tmp_path / "out.parquet"
+    for dry in (["--dry-run"], []):  # refused before any model loads, dry run or not
+        proc = cli("embed", str(POOL), "--template", template, *dry, "-o", str(out))
+        _usage_error(proc)
+        assert "bare column names" in proc.stderr and not out.exists()
