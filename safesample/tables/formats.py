@@ -147,9 +147,25 @@ def _is_id(name: str) -> bool:
 
 
 def _read_jsonl(path: Path) -> "pa.Table":
+    """JSON Lines; a line that is `null` or `{}` is an error, not a row of nulls without an id."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.json as pjson
 
-    return pjson.read_json(path)
+    table = pjson.read_json(path)
+    if table.num_columns and table.num_rows:
+        empty = pc.is_null(table.column(0))
+        for col in table.columns[1:]:
+            empty = pc.and_(empty, pc.is_null(col))
+        if pc.any(empty).as_py():
+            row = pc.index(empty, pa.scalar(True)).as_py()
+            with open(path, "rb") as fh:
+                lines = [(n, line) for n, line in enumerate(fh, 1) if line.strip()]
+            number, text = lines[row] if row < len(lines) else (row + 1, b"")
+            raise DataError(f"line {number} of {str(path)!r} is {text.strip()[:40].decode('utf-8', 'replace')!r}, "
+                            "not a row: every column would be null, the id too",
+                            "remove the line, or write one JSON object with the table's columns on every line")
+    return table
 
 
 def read_stdin() -> "pa.Table":
