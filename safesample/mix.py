@@ -20,6 +20,7 @@ import numpy as np
 
 from safesample.errors import CheckFailed, DataError, UsageError
 from safesample.schema import parse_maps  # noqa: F401 - the --map syntax, shared with audit
+from safesample.texts import refuse_blank
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -113,12 +114,8 @@ def _prepare(part: Part, mapping: dict[str, str], chat: bool) -> "pa.Table":
         if name in table.column_names and kind_of(table.schema.field(name).type) not in ("string", "null"):
             raise DataError(f"column {name!r} of {part.name!r} has type {table.schema.field(name).type}, "
                             "not text", f"map a text column to {name!r} with --map")
-    for name in ("instruction", "output"):
-        col = table.column(name)
-        empty = col.null_count + pc.sum(pc.equal(pc.utf8_length(pc.fill_null(col.cast(pa.string()), "x")), 0)).as_py()
-        if empty:
-            raise DataError(f"{empty} rows of {part.name!r} have an empty {name!r}",
-                            "drop them first, or map another column with --map")
+    for name in ("instruction", "output"):  # empty, blank or invisible text trains on nothing
+        refuse_blank(table, name, f"rows of {part.name!r}")
     strings = {name: table.column(name).cast(pa.string()) for name in ALPACA_COLUMNS if name in table.column_names}
     for name, col in strings.items():
         table = table.set_column(table.column_names.index(name), name, col)

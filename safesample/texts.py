@@ -98,6 +98,50 @@ def texts_of(table: "pa.Table", spec: TextSpec, command: str = "embed",
                                 f"pick a text column with {choose}") from exc
         values[name] = col.to_pylist()
     if spec.template is None:
-        return values[spec.text]
-    fmt = spec.template.format
-    return [fmt(**dict(zip(columns, row))) for row in zip(*(values[c] for c in columns))]
+        texts = values[spec.text]
+    else:
+        fmt = spec.template.format
+        texts = [fmt(**dict(zip(columns, row))) for row in zip(*(values[c] for c in columns))]
+    blank = [i for i, t in enumerate(texts) if is_blank(t)]
+    if blank:
+        ids = table.column("id").to_pylist() if "id" in table.column_names else list(range(table.num_rows))
+        shown = ", ".join(str(ids[i]) for i in blank[:5]) + (", ..." if len(blank) > 5 else "")
+        raise DataError(f"{len(blank)} of {len(texts)} rows have no text to embed: empty, blank or only invisible "
+                        f"characters (ids: {shown})",
+                        "drop those rows first: they would all get the one vector of the empty text")
+    return texts
+
+
+# Text with nothing in it for a model to read: empty, only whitespace (any Unicode space), or only
+# invisible format characters (zero-width space/joiners, word joiner, BOM, soft hyphen, bidi
+# marks). Such rows all read as one empty text: embedded, they share one vector; picked and
+# mixed, they train on nothing. Every stage refuses them alike (`refuse_blank`).
+_INVISIBLE = "\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff"
+_BLANK = re.compile(f"[\\s{_INVISIBLE}]*")
+
+
+def is_blank(value: object) -> bool:
+    """No text: null, not a string, empty, or only whitespace and invisible characters."""
+    return not isinstance(value, str) or _BLANK.fullmatch(value) is not None
+
+
+def blank_rows(values: "pa.ChunkedArray | pa.Array") -> list[int]:
+    """Indices of the blank values of a column (see `is_blank`), computed in Arrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return [i for i, v in enumerate(values.to_pylist()) if is_blank(v)]
+    pattern = "^[\\s\\p{Z}" + "".join(f"\\x{{{ord(c):04X}}}" if c != "-" else "-" for c in _INVISIBLE) + "]*$"
+    return pc.indices_nonzero(pc.fill_null(pc.match_substring_regex(values, pattern), True)).to_pylist()
+
+
+def refuse_blank(table: "pa.Table", column: str, what: str = "rows") -> None:
+    """A DataError when any row's `column` is blank (see `is_blank`), naming how many and which."""
+    rows = blank_rows(table.column(column))
+    if rows:
+        ids = table.column("id").to_pylist() if "id" in table.column_names else list(range(table.num_rows))
+        shown = ", ".join(str(ids[i]) for i in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        raise DataError(f"{len(rows)} of {table.num_rows} {what} have no text in {column!r}: empty, blank or only "
+                        f"invisible characters (ids: {shown})",
+                        "drop those rows first: they would all read as the same empty text")

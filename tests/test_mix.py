@@ -206,7 +206,7 @@ def test_bad_tables():
     benign = _part(mx.BENIGN, 2, "b")
     with pytest.raises(DataError, match="no 'output' column"):
         mix([benign, mx.Part("s", mx.SAFETY, pa.table({"id": ["s"], "instruction": ["x"]}))])
-    with pytest.raises(DataError, match="1 rows of 's' have an empty 'output'"):
+    with pytest.raises(DataError, match="1 of 2 rows of 's' have no text in 'output'"):
         mix([benign, mx.Part("s", mx.SAFETY, pa.table({"id": ["s", "t"], "instruction": ["x", "y"],
                                                           "output": ["", "z"]}))])
     with pytest.raises(DataError, match="do not fit together"):

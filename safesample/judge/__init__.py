@@ -414,13 +414,10 @@ def _string_col(name: str):
 
 def prompt_texts(table: "pa.Table", prompt_col: str) -> tuple[list[str], list[str | None]]:
     """The instructions, and each row's extra `input` (Alpaca style) when prompting by instruction."""
+    from safesample.texts import refuse_blank
+
+    refuse_blank(table, prompt_col, "prompts")  # empty, blank or invisible: as every stage refuses them
     prompts = table.column(prompt_col).to_pylist()
-    blank = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
-    if blank:
-        ids = table.column("id").to_pylist()
-        shown = ", ".join(str(ids[i]) for i in blank[:5]) + (", ..." if len(blank) > 5 else "")
-        raise DataError(f"{len(blank)} of {len(prompts)} prompts in {prompt_col!r} are empty (ids: {shown})",
-                        "drop those rows first")
     inputs: list[str | None] = [None] * len(prompts)
     if prompt_col == "instruction" and "input" in table.column_names:
         inputs = [x if isinstance(x, str) and x.strip() else None for x in table.column("input").to_pylist()]

@@ -129,6 +129,7 @@ def plan(table: "pa.Table", options: SelectOptions, *, exclude: Sequence[tuple[s
     --exclude and --contrast tables are read, but prompts without embeddings are not embedded (no model)."""
     validate(options)
     check_against(options, against)
+    _refuse_blank(table)
     budget, n_contrast = counts(options, contrast is not None)
     if contrast is not None:
         _check_contrast(table, *contrast)
@@ -169,6 +170,14 @@ def _check_contrast(table: "pa.Table", name: str, other: "pa.Table") -> None:
     text_column(other, name)
 
 
+def _refuse_blank(table: "pa.Table") -> None:
+    """Pool rows without an instruction (empty, blank, invisible) are refused, as everywhere."""
+    from safesample.texts import refuse_blank
+
+    if "instruction" in table.column_names:
+        refuse_blank(table, "instruction", "pool rows")
+
+
 def select_table(table: "pa.Table", options: SelectOptions, *, exclude: Sequence[tuple[str, "pa.Table"]] = (),
                  contrast: tuple[str, "pa.Table"] | None = None, against: tuple[str, "pa.Table"] | None = None,
                  reporter: Reporter = SILENT, embedder: "Callable[[], EmbedTexts] | None" = None) -> SelectResult:
@@ -183,6 +192,7 @@ def select_table(table: "pa.Table", options: SelectOptions, *, exclude: Sequence
 
     validate(options)
     check_against(options, against)
+    _refuse_blank(table)
     budget, n_contrast = counts(options, contrast is not None)
     if contrast is not None:
         _check_contrast(table, *contrast)

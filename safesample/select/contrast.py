@@ -39,6 +39,7 @@ import numpy as np
 
 from safesample.errors import DataError, UsageError
 from safesample.select.exclusions import normalise
+from safesample.texts import blank_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -132,10 +133,10 @@ def candidates(table: "pa.Table", name: str, pick_ids: Sequence[Any], pick_texts
         return pc.fill_null(values, False).to_numpy(zero_copy_only=False).astype(bool)
 
     texts = table.column(text_col).cast(pa.string()).to_pylist()
-    answers = table.column(answer_col).cast(pa.string())
-    empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(answers, ""))), 0), True)
-    drop(np.array([not (t and t.strip()) for t in texts], dtype=bool)  # bool even with no rows
-         | empty.to_numpy(zero_copy_only=False).astype(bool), "no_text")
+    no_text = np.zeros(n, dtype=bool)  # an empty, blank or invisible instruction or answer (texts.is_blank)
+    no_text[blank_rows(table.column(text_col).cast(pa.string()))] = True
+    no_text[blank_rows(table.column(answer_col).cast(pa.string()))] = True
+    drop(no_text, "no_text")
     if "harmful_request" in table.column_names:
         drop(flag("harmful_request"), "harmful_request")
     if "harmful_response" in table.column_names:
