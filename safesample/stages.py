@@ -52,6 +52,8 @@ class Stage:
     table_kind: str | None = None
     # The library module, when not `safesample.<name>` (a stage defined outside the package).
     library_module: str | None = None
+    # Columns the stage writes: an input that has them already gets them replaced, with a note.
+    writes: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -68,6 +70,15 @@ class Stage:
         """One of the stage module's functions, by the name this entry gives."""
         return getattr(self.library(), attr)
 
+    def overwrite_note(self, columns: Any) -> str | None:
+        """What to say when an input already has columns this stage writes (else None)."""
+        present = set(columns)
+        again = [c for c in self.writes if c in present]
+        if not again:
+            return None
+        return (f"the input already has {', '.join(again)}: `{self.name}` writes {'it' if len(again) == 1 else 'them'} "
+                "anew, replacing the input's values")
+
     def loader(self, keyword: str) -> Callable[..., Any]:
         module, attr = self.loaders[keyword].split(":")
         return getattr(importlib.import_module(module), attr)
@@ -78,26 +89,28 @@ _GENERATION = "safesample.backends.generation:load_engine"
 STAGES: tuple[Stage, ...] = (
     Stage("label", "the behavior of each (instruction, response) pair", "LabelOptions", "label_table",
           per_row=True, loaders={"load_engine": _GENERATION}, prepare="prepare", generates="generates",
-          table_kind="pool"),
+          table_kind="pool", writes=("harmful_request", "refusal", "harmful_response", "behavior", "refusal_style",
+                                     "label_backend", "label_error")),
     Stage("embed", "sentence embeddings of a text column", "EmbedOptions", "embed_table", per_row=True,
           loaders={"load_encoder": "safesample.backends.embedding:load_encoder"}, prepare="prepare",
-          table_kind="pool"),
+          table_kind="pool", writes=("embedding",)),
     Stage("cluster", "harm categories and semantic clusters", "ClusterOptions", "cluster_table",
-          table_kind="pool"),
+          table_kind="pool", writes=("cluster", "cluster_distance", "cluster_size", "category_score", "categories")),
     Stage("select", "a budget of safety rows, behavior-aware and diverse", "SelectOptions", "select_table",
-          table_kind="selection"),
+          table_kind="selection", writes=("select_reason", "select_rank", "select_role", "contrast_for")),
     Stage("mix", "benign and safety rows in one training table", "MixOptions", "mix_table"),
     Stage("finetune", "a LoRA fine-tune on a training table", "FinetuneOptions", "finetune_table"),
     Stage("judge", "a model's answers to evaluation prompts, scored", "JudgeOptions", "judge_table",
           per_row=True, loaders={"load_engine": _GENERATION,
                                  "load_reward_model": "safesample.backends.reward:load_reward_model"},
           prepare="prepare", finish="finish", batch_options="batch_options", generates="generates",
-          table_kind="judge"),
+          table_kind="judge", writes=("refusal", "refusal_style", "eval_group", "generation_error")),
     Stage("report", "one self-contained HTML page of the other stages' outputs", "ReportOptions",
           "report_table"),
     Stage("audit", "how much each benign row may erode safety (its compliance shift)", "AuditOptions",
           "audit_table", per_row=True, loaders={"load_model": "safesample.backends.hidden_states:load"},
-          prepare="prepare", finish="finish", batch_options="batch_options", table_kind="audit"),
+          prepare="prepare", finish="finish", batch_options="batch_options", table_kind="audit",
+          writes=("audit_score", "audit_similarity", "audit_error", "audit_z", "audit_rank")),
 )
 
 BY_NAME = {stage.name: stage for stage in STAGES}

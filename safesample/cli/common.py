@@ -175,7 +175,22 @@ def load(source: str, limit: int | None = None) -> "pa.Table":
 
     table = load_table(source, limit, _run)
     console.debug(f"read {table.num_rows} rows x {table.num_columns} columns from {source}")
+    _note_overwrites(table)
     return table
+
+
+def _note_overwrites(table: "pa.Table") -> None:
+    """The running command's input already has columns its stage writes: say they are replaced
+    (per-row stages say it in `executors.base.prepare`)."""
+    from typer._click.globals import get_current_context
+
+    from safesample import stages
+
+    ctx = get_current_context(silent=True)
+    if ctx is not None and ctx.command.name in stages.NAMES and not stages.get(ctx.command.name).per_row:
+        note = stages.get(ctx.command.name).overwrite_note(table.column_names)
+        if note:
+            console.info(note)
 
 
 def save(table: "pa.Table", output: str, command: str, args: dict[str, Any], *,

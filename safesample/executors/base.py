@@ -76,7 +76,11 @@ class StageRun:
 
 
 def prepare(stage: "Stage", table: Any, options: Any, reporter: Reporter = SILENT) -> Any:
-    """The stage's `prepare` step (validation against the input, automatic choices resolved)."""
+    """The stage's `prepare` step (validation against the input, automatic choices resolved);
+    a note when the input already has columns the stage writes."""
+    note = stage.overwrite_note(getattr(table, "column_names", ()))
+    if note:
+        reporter.info(note)
     if stage.prepare is None:
         return options
     return stage.function(stage.prepare)(table, options, reporter=reporter)
