@@ -43,6 +43,13 @@ def connect(ex: ExecutorOptions, reporter: Reporter = SILENT) -> float:
                               logging.ERROR if ex.quiet else logging.WARNING}
     if address and address != "auto":
         _reachable(address)
+    if address and address.startswith("ray://"):
+        import importlib.util
+
+        if importlib.util.find_spec("grpc") is None:  # Ray's client is an extra of its own
+            raise UsageError(f"--ray-address {address} needs Ray's client, which is not installed",
+                             "pip install 'safesample[ray]' (it brings 'ray[client]'), or join a cluster "
+                             "from one of its nodes with its plain address")
     handlers = _signal_handlers()
     try:
         if address:
