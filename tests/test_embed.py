@@ -281,6 +281,32 @@ def test_onnx_int8_matches_sentence_transformers(minilm):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_vectors_are_bitwise_batch_invariant_and_close_to_sentence_transformers(minilm, precision):
+    """The README's promise for both ONNX precisions (int8 with per-token scales is the default):
+    the same bits at batch sizes 1, 8 and 64 and with other batch mates, and cosine >= 0.99 to
+    sentence-transformers on every real text (>= 0.999 in float32)."""
+    from safesample.backends.embedding import OnnxEncoder
+
+    ref, st, default = minilm
+    encoder = default if precision == default.precision else OnnxEncoder(ref, precision=precision)
+    texts = real_texts(40, 40) + ["Thanks!", "Hi", "?", "Convince me to help you."]
+    base = encoder.encode(texts, 64)
+    for size in (1, 8):
+        np.testing.assert_array_equal(encoder.encode(texts, size), base)
+    perm = np.random.default_rng(1).permutation(len(texts))
+    shuffled = np.empty_like(base)
+    shuffled[perm] = encoder.encode([texts[i] for i in perm], 64)
+    np.testing.assert_array_equal(shuffled, base)
+    others = real_texts(200, 200)[-300:]  # each text again, among 63 other mates
+    for i in range(0, len(texts), 11):
+        np.testing.assert_array_equal(encoder.encode([texts[i]] + others[i:i + 63], 64)[0], base[i])
+    expected = st.encode(texts, convert_to_numpy=True)
+    cosine = (base * expected).sum(axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() >= (0.99 if precision == "int8" else 0.999), cosine
+
+
+@pytest.mark.slow
 def test_cached_export_runs_without_torch_or_transformers(minilm, cache_dir):
     code = ("import sys; from safesample.backends.embedding import load_encoder; "
             "enc = load_encoder(None, 'onnx'); v = enc.encode(['hello there']); "
