@@ -166,6 +166,24 @@ def _quiet_ray(ex: ExecutorOptions) -> None:
     # Ray Data sets its loggers' levels again when a job starts, from this variable.
     os.environ["RAY_DATA_LOG_LEVEL"] = logging.getLevelName(level)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if not ex.verbose:  # two warnings every run prints, about settings chosen on purpose
+        for name, text in _ROUTINE.items():
+            logging.getLogger(name).addFilter(_Drop(text))
+
+
+# Warnings of every run, not news: token authentication is on (what a cluster should have), and
+# Ray Data's bars are off (we turn them off in a log, and on a terminal they are on).
+_ROUTINE = {"ray._private.authentication.authentication_token_setup": "Token authentication is enabled",
+            "ray.data._internal.progress": "Progress bars disabled"}
+
+
+class _Drop(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _configure_data(ex: ExecutorOptions) -> None:
