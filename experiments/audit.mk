@@ -22,12 +22,14 @@ AUDIT_N ?= 160
 AUDIT_ARMS ?= aligned top-b0-s0 random-b0-s0 lenmatched-b0-s0 bottom-b0-s0 random-b0-s1 random-b0-s2
 AUDIT_ARGS ?= --template chat --max-tokens 128 --batch-size 8
 AUDIT_TRAIN_ARGS ?= --template chat --epochs 1 --lr 1e-3 --batch-size 8 --max-length 128
-AUDIT_SCORE_ARGS ?= --scorer refusal_score --batch-size 8
-AUDIT_GEN_ARGS ?= --scorer rules --scorer harm --max-new-tokens 48 --batch-size 16 --engine transformers
+# bf16 forward passes (2.1x fp32 on this CPU): the base model's 430 scores agree with fp32's
+# (results/audit/dtype_check.json, `make audit-dtype-check`); training stays fp32.
+AUDIT_SCORE_ARGS ?= --scorer refusal_score --batch-size 8 --dtype bfloat16
+AUDIT_GEN_ARGS ?= --scorer rules --scorer harm --max-new-tokens 48 --batch-size 16 --engine transformers --dtype bfloat16
 AUDIT_PREPARE_ARGS ?= --pool-n 1500 --benign-n 160 --harmful-n 300 --safe-n 100 --helpful-n 30 --advbench \
                       --gen-share 0.34
 
-.PHONY: experiment-audit audit-pool
+.PHONY: experiment-audit audit-pool audit-dtype-check
 .PRECIOUS: $(AW)/train/%.parquet $(AW)/models/%/safesample_config.json $(AW)/scored/%.parquet \
            $(AW)/judged/%.parquet
 
@@ -84,3 +86,14 @@ $(AR)/summary.md: $(foreach a,$(AUDIT_ARMS),$(AR)/arms/$(a).parquet) experiments
                   | $(AW)/audited.parquet
 	$(PY) experiments/summarize_audit.py $(AR)/arms --eval $(AW)/data/eval.parquet --audited $(AW)/audited.parquet \
 	  --out $(AR) --command "make experiment-audit AUDIT_ARMS='$(AUDIT_ARMS)'"
+
+# Do bf16 scores agree with fp32's? The base model scored both ways on every eval prompt.
+$(AW)/scored_fp32/aligned.parquet: $(AW)/data/eval.parquet
+	mkdir -p $(@D)
+	$(SS) judge $< --model $(AUDIT_MODEL) --scorer refusal_score --batch-size 8 --dtype float32 $(Q) -o $@
+
+$(AR)/dtype_check.json: $(AW)/scored_fp32/aligned.parquet $(AW)/scored/aligned.parquet experiments/dtype_agreement.py
+	$(PY) experiments/dtype_agreement.py $(AW)/scored_fp32/aligned.parquet $(AW)/scored/aligned.parquet \
+	  --eval $(AW)/data/eval.parquet -o $@
+
+audit-dtype-check: $(AR)/dtype_check.json

@@ -32,8 +32,8 @@ V3_STRATEGIES ?= random diverse targeted
 V3_DROP ?= 10
 V3_BEST ?= targeted
 V3_GEN_SEEDS ?= 0
-V3_SCORE_ARGS ?= --scorer refusal_score --batch-size 8
-V3_GEN_ARGS ?= --scorer rules --scorer harm --max-new-tokens 48 --batch-size 16 --engine transformers
+V3_SCORE_ARGS ?= --scorer refusal_score --batch-size 8 --dtype bfloat16
+V3_GEN_ARGS ?= --scorer rules --scorer harm --max-new-tokens 48 --batch-size 16 --engine transformers --dtype bfloat16
 
 V3_ARMS ?= aligned none-b0-s0 $(foreach b,$(V3_DOSE),random-b$(b)-s0) \
   $(foreach s,$(V3_SEEDS),$(foreach st,$(V3_STRATEGIES),$(st)-b$(V3_BUDGET)-s$(s))) \
