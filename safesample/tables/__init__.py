@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from safesample.errors import DataError, UsageError
 from safesample.stdio import data_fd
 from safesample.tables.atomic import atomic_path, remove_stale_temps
 from safesample.tables.formats import (ARROW_FILE_MAGIC, ARROW_STREAM_MAGIC, PARQUET_MAGIC, WRITE_FORMATS,
-                                           WRITERS, read_path, read_stdin, read_stream, write_stream)
+                                           WRITERS, only_columns, read_path, read_stdin, read_stream, write_stream)
 from safesample.tables.guard import STDIO, RunFiles
 from safesample.tables.provenance import (PROVENANCE_KEY, ensure_id, get_provenance, merged_provenance,
                                               provenance_entry, put_column, with_provenance)
@@ -35,14 +35,16 @@ __all__ = ["ARROW_FILE_MAGIC", "ARROW_STREAM_MAGIC", "PARQUET_MAGIC", "PROVENANC
            "remove_stale_temps", "with_provenance", "write_table"]
 
 
-def read_table(source: str, run: RunFiles | None = None) -> "pa.Table":
-    """Read a table from a path, a shard folder or glob, or `-` (stdin), in any supported format."""
+def read_table(source: str, run: RunFiles | None = None, columns: Sequence[str] | None = None) -> "pa.Table":
+    """Read a table from a path, a shard folder or glob, or `-` (stdin), in any supported format.
+    `columns`: only these, in this order (a missing one is a DataError); from a Parquet or Arrow
+    IPC file nothing else is read."""
     if source == STDIO:
-        return read_stdin()
+        return only_columns(read_stdin(), columns, "stdin")
     from safesample.tables import shards
 
     if shards.is_sharded(source):  # a folder of shards with its manifest, or a glob
-        return shards.read_sharded(source, run=run)
+        return only_columns(shards.read_sharded(source, run=run), columns, source)
     path = Path(source)
     if not path.exists():
         raise UsageError(f"input file {source!r} does not exist",
@@ -57,7 +59,7 @@ def read_table(source: str, run: RunFiles | None = None) -> "pa.Table":
                         "re-run it")
     with open(path, "rb") as fh:
         head = fh.read(8)
-    return read_path(path, head, source)
+    return read_path(path, head, source, columns)
 
 
 def claim_source(source: str, run: RunFiles | None) -> None:
@@ -79,12 +81,37 @@ def claim_source(source: str, run: RunFiles | None) -> None:
         run.claim_input(source)
 
 
-def load_table(source: str, limit: int | None = None, run: RunFiles | None = None) -> "pa.Table":
-    """A stage's input: the table, its first `limit` rows, with an `id` on every row."""
-    table = read_table(source, run)
+def load_table(source: str, limit: int | None = None, run: RunFiles | None = None,
+               columns: Sequence[str] | None = None) -> "pa.Table":
+    """A stage's input: the table, its first `limit` rows, with an `id` on every row. `columns`:
+    only these and `id` (see `read_table`); a table without ids is read whole, since the ids made
+    for it hash every column."""
+    keep = list(dict.fromkeys([*columns, "id"])) if columns is not None else None
+    table = read_table(source, run, keep if keep is not None and _has_ids(source) else None)
     if limit is not None:
         table = table.slice(0, limit)
-    return ensure_id(table)
+    table = ensure_id(table)
+    return only_columns(table, keep, source) if keep is not None else table
+
+
+def _has_ids(source: str) -> bool:
+    """Whether the Parquet or Arrow IPC file `source` has an `id` column, told from its footer or
+    schema alone (False for anything else: it is then read whole)."""
+    try:
+        with open(source, "rb") as fh:
+            head = fh.read(8)
+        if head.startswith(PARQUET_MAGIC):
+            import pyarrow.parquet as pq
+
+            return "id" in pq.read_schema(source).names
+        if head.startswith(ARROW_FILE_MAGIC):
+            import pyarrow as pa
+
+            with pa.memory_map(source) as src:
+                return "id" in pa.ipc.open_file(src).schema.names
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def check_output(dest: str, what: str = "-o", run: RunFiles | None = None) -> None:
