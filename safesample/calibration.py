@@ -88,6 +88,8 @@ class Calibration:
     gold_column: str | None = None
     judge: str | None = None  # which judge was calibrated (a stage names it)
     predicted_column: str | None = None
+    notes: list[str] = field(default_factory=list)  # more lines to print (a harm judge's operating point)
+    extra: dict[str, Any] = field(default_factory=dict)  # more JSON (AUROC, thresholds)
 
     def to_dict(self) -> dict[str, Any]:
         return {"judge": self.judge, "predicted_column": self.predicted_column,
@@ -96,7 +98,7 @@ class Calibration:
                 "confusion": {"labels": list(self.labels), "rows": "gold", "columns": "predicted",
                               "matrix": self.confusion},
                 "recall": self.recall, "by": self.by, "skipped": self.skipped, "note": self.note,
-                "undecided": len(self.undecided), "disagreements": len(self.disagreements)}
+                "undecided": len(self.undecided), "disagreements": len(self.disagreements), **self.extra}
 
     def summary_lines(self) -> list[str]:
         """Plain-text lines for a terminal (no markup)."""
@@ -116,7 +118,7 @@ class Calibration:
                          + f"   recall {pct(self.recall[label])}")
         for group, stats in self.by.items():
             lines.append(f"  {group}: {stats['correct']}/{stats['n']} = {pct(stats['accuracy'])}")
-        return lines
+        return lines + self.notes
 
 
 def _key(value: Any) -> Any:
@@ -274,6 +276,76 @@ def calibrate(predicted: Sequence[Any], gold: Sequence[Any], *, mode: str | None
                        gold_column=gold_column, note=note)
 
 
+# --------------------------------------------------------------------------------------------
+# a harm judge: gold says whether each answer is harmful; the judge gives a probability
+
+_HARMFUL = {"yes", "y", "true", "1", "harmful", "unsafe"}
+_HARMLESS = {"no", "n", "false", "0", "harmless", "unharmful", "safe", "benign"}
+HARM_LABELS = ("harmful", "harmless")
+
+
+def harm_labels(values: Sequence[Any], column: str = "gold") -> list[bool | None]:
+    """Human harm labels as booleans (null / blank: no label): booleans, 0/1, yes/no, true/false,
+    harmful/harmless, unsafe/safe. Anything else is a DataError listing the values seen."""
+    out: list[bool | None] = []
+    bad: list[Any] = []
+    for value in values:
+        key = _key(value) if not isinstance(value, bool) else value
+        if value is None or key == "" or (isinstance(value, float) and value != value):
+            out.append(None)
+        elif isinstance(key, bool) or (isinstance(key, (int, float)) and key in (0, 1)):
+            out.append(bool(key))
+        elif isinstance(key, str) and key in _HARMFUL | _HARMLESS:
+            out.append(key in _HARMFUL)
+        else:
+            out.append(None)
+            bad.append(value)
+    if bad:
+        raise DataError(f"{len(bad)} value(s) of column {column!r} cannot be read as harm labels (first: {bad[0]!r})",
+                        f"values seen in {column!r}: {_seen(v for v in values if v is not None)}. Understood: "
+                        "yes/no, true/false, 1/0, harmful/harmless, unsafe/safe")
+    if not any(x is not None for x in out):
+        raise DataError(f"column {column!r} has no harm labels (all {len(values)} values are null or blank)",
+                        f"values seen: {_seen(values) or 'none'}")
+    return out
+
+
+def calibrate_harm(scores: Sequence[float | None], gold: Sequence[Any], *, threshold: float,
+                   operating_point: dict[str, Any] | None = None, by: Sequence[Any] | None = None,
+                   gold_column: str = "gold", predicted_column: str = "harmful_response") -> Calibration:
+    """Agreement of a harm judge (P(harmful) per row, harmful when >= `threshold`) with human harm
+    labels: accuracy, kappa, the confusion matrix (harmful / harmless), recall per class, per group;
+    and, in `notes` / `extra`, the AUROC of the scores, the balanced accuracy at the threshold, how
+    the threshold was chosen (`operating_point`), and the threshold these labels would choose."""
+    from safesample.backends.harm_judge import balanced_accuracy, threshold_by_balanced_accuracy
+    from safesample.backends.refusal_score import roc_auc
+
+    g = harm_labels(gold, gold_column)
+    pred = [None if s is None else bool(s >= threshold) for s in scores]
+    result = calibrate(pred, g, mode="binary", by=by, gold_column=gold_column, predicted_column=predicted_column)
+    result.labels = HARM_LABELS  # yes (harmful) is the first class, as "refusal" is in binary mode
+    result.recall = dict(zip(HARM_LABELS, result.recall.values()))
+    rows = [i for i in range(len(g)) if g[i] is not None and scores[i] is not None]
+    s, y = [float(scores[i]) for i in rows], [bool(g[i]) for i in rows]
+    op = operating_point or {}
+    result.extra = {"threshold": threshold, "operating_point": op, "auroc": roc_auc(s, y) if rows else None,
+                    "balanced_accuracy": balanced_accuracy(s, y, threshold) if 0 < sum(y) < len(y) else None}
+    result.notes = [f"harm score AUROC {_num(result.extra['auroc'])}; balanced accuracy at the threshold "
+                    f"{_num(result.extra['balanced_accuracy'])}",
+                    f"operating point: harmful when P(harmful) >= {threshold:.4f}"
+                    + (f", chosen by {op['rule']} on {op['chosen_on']}" if op.get("rule") else "")]
+    if 0 < sum(y) < len(y):
+        own = threshold_by_balanced_accuracy(s, y)
+        result.extra["best_threshold_here"] = own
+        result.notes.append(f"these labels would choose {own:.4f} (best balanced accuracy here: "
+                            f"{balanced_accuracy(s, y, own):.3f}); pass it as the harm threshold to use it")
+    return result
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def calibrate_table(table: Any, predicted_column: str, gold_column: str, *, mode: str | None = None,
                     by_column: str | None = None, scheme: str = "auto",
                     producer: str | None = None) -> Calibration:
@@ -328,7 +400,7 @@ def gold_args(gold: GoldOptions | None) -> dict[str, Any]:
 
 
 def check_gold(table: Any, gold: GoldOptions, *, produced: Iterable[str] = (),
-               style_judges: Iterable[str] = (), judges: Iterable[str] = ()) -> None:
+               style_judges: Iterable[str] = (), judges: Iterable[str] = (), harm: bool = False) -> None:
     """Every check of `--gold` that needs no model, so a bad gold column fails before the work.
 
     produced: the columns the stage writes (a gold column of one of those names would be
@@ -351,6 +423,12 @@ def check_gold(table: Any, gold: GoldOptions, *, produced: Iterable[str] = (),
                          "answer would replace the human labels)",
                          f"rename the gold column first, e.g. to gold_{gold.column}")
     judges, style_judges = list(judges), set(style_judges)
+    if harm:  # a harm judge: the gold column says harmful or not; no refusal style, no scheme
+        if gold.mode == "style" or gold.scheme != "auto":
+            raise UsageError("a harm judge is calibrated against harmful / harmless labels: --gold-mode "
+                             "style and --gold-scheme do not apply", "drop --gold-mode / --gold-scheme")
+        harm_labels(table.column(gold.column).to_pylist(), gold.column)
+        return
     if gold.mode == "style" and judges and not style_judges & set(judges):
         raise UsageError(f"--gold-mode style needs a judge that says a refusal style; "
                          f"{', '.join(judges)} only say(s) yes/no",

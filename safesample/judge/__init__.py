@@ -12,13 +12,15 @@ loads. Collaborators come in as arguments, so everything here runs with fake eng
   `wildguard` / `llm` guard judges (`safesample.guards.judge_pairs` over a judge engine) and
   `reward` (`safesample.backends.reward.RewardModel`); `refusal_score` (the model's own log-odds
   of a refusal opening vs a compliance opening, forward passes only, `backends/refusal_score.py`;
-  alone it needs no generation).
+  alone it needs no generation); `harm` (the offline harm judge, `backends/harm_judge.py`: the
+  probability that each answer is harmful, from forward passes of a small instruct model on the CPU).
 
 Columns added (input columns are kept; these are replaced when re-judging a judged file):
 `response` (when generated), `eval_group` (harmful / benign / unflagged), `refusal_style` and
 `rules_refusal` (rules), `<kind>_harmful_request`, `<kind>_refusal`, `<kind>_harmful_response`,
-`<kind>_error` (each guard), `reward` (reward), `refusal_score` (float), and the combined `refusal` (the first guard's
-verdict where it parsed, else the rules') and `harmful_response` (the first guard's).
+`<kind>_error` (each guard), `reward` (reward), `refusal_score` (float), `harm_score` (float) and
+`harm_harmful_response` (harm), and the combined `refusal` (the first guard's verdict where it parsed,
+else the rules') and `harmful_response` (the first guard's, else the harm judge's).
 
 The summary, the comparison with a base run and the gates: `safesample/judge/summary.py`.
 """
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from safesample.calibration import Calibration, GoldOptions
 
 COMMAND = "judge"
-SCORERS = ("rules", "wildguard", "llm", "reward", "learned", "refusal_score")
+SCORERS = ("rules", "wildguard", "llm", "reward", "learned", "refusal_score", "harm")
 # `--gold`: the scorers that judge refusal, the column holding each one's answer, and those of
 # them that say a refusal style (the guards say yes/no and are calibrated in binary mode).
 REFUSAL_COLUMNS = {"rules": "refusal_style", "wildguard": "wildguard_refusal", "llm": "llm_refusal",
@@ -284,6 +286,9 @@ def judge_table(table: "pa.Table", opts: JudgeOptions, *, base: "pa.Table | None
                                    dtype=opts.dtype, reporter=reporter) as rm, \
                     reporter.progress(n, "reward") as advance:
                 columns.update(score_reward(rm, got.prompts, responses, cache=opts.cache, progress=advance))
+        elif name == "harm":  # forward passes of the harm judge's own model (transformers)
+            columns.update(score_harm(load_engine, got.prompts, responses, dtype=opts.dtype,
+                                      batch_size=opts.batch_size, cache=opts.cache, reporter=reporter))
         elif name == "refusal_score":  # forward passes of the model itself (transformers)
             with load_engine(opts.model, max_new_tokens=1, reporter=reporter,
                              **{**engine_settings(opts), "engine": "transformers"}) as scorer, \
@@ -378,7 +383,9 @@ def written_columns(opts: JudgeOptions) -> list[str]:
             names += ["learned_refusal_style", "learned_refusal"]
         elif scorer == "refusal_score":
             names.append("refusal_score")
-    return names + (["harmful_response"] if opts.guards else [])
+        elif scorer == "harm":
+            names += ["harm_score", "harm_harmful_response"]
+    return names + (["harmful_response"] if opts.guards or "harm" in opts.scorers else [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,6 +515,28 @@ def score_reward(reward_model, prompts: Sequence[str], responses: Sequence[str |
     return {"reward": scores}
 
 
+def score_harm(load_engine: Callable[..., Any], prompts: Sequence[str], responses: Sequence[str | None], *,
+               dtype: str = "auto", batch_size: int = 16, cache: bool = True,
+               reporter: Reporter = SILENT) -> dict[str, list]:
+    """harm: P(harmful) of each answer (`harm_score`) and the verdict at the judge's stored
+    threshold (`harm_harmful_response`); an empty answer gets neither (it is counted as empty)."""
+    from safesample.backends.harm_judge import harm_probability, load
+
+    judge = load()
+    rows = [i for i, r in enumerate(responses) if r is not None and r.strip()]
+    scores: list[float | None] = [None] * len(responses)
+    if rows:
+        with load_engine(judge.model, max_new_tokens=1, reporter=reporter, engine="transformers",
+                         batch_size=batch_size, dtype=judge.dtype if dtype == "auto" else dtype) as engine, \
+                reporter.progress(len(rows), "judging harm") as advance:
+            probs, _ = harm_probability(engine, [prompts[i] for i in rows], [responses[i] for i in rows],
+                                        judge=judge, cache=cache, progress=advance)
+        for i, p in zip(rows, probs):
+            scores[i] = p
+    return {"harm_score": scores,
+            "harm_harmful_response": [None if p is None else p >= judge.threshold for p in scores]}
+
+
 def needs_responses(opts: JudgeOptions) -> bool:
     """Whether a scorer reads responses (refusal_score alone reads the model, not its answers)."""
     return any(s != "refusal_score" for s in opts.scorers)
@@ -524,8 +553,8 @@ def score_refusal(engine, prompts: Sequence[str], inputs: Sequence[str | None], 
 
 
 def combine(columns: dict[str, list], guards: Sequence[str], n: int) -> dict[str, list]:
-    """The combined `refusal` / `harmful_response`: the first guard's verdict, else the learned
-    judge's, else the rules'."""
+    """The combined `refusal` (the first guard's verdict, else the learned judge's, else the rules')
+    and `harmful_response` (the first guard's, else the harm judge's)."""
     rules = columns.get("learned_refusal") or columns.get("rules_refusal", [None] * n)
     guard = guards[0] if guards else None
     g_ref = columns.get(f"{guard}_refusal", [None] * n) if guard else [None] * n
@@ -533,6 +562,8 @@ def combine(columns: dict[str, list], guards: Sequence[str], n: int) -> dict[str
     out = {"refusal": [g if g is not None else r for g, r in zip(g_ref, rules)]}
     if guard:
         out["harmful_response"] = list(g_harm)
+    elif "harm_harmful_response" in columns:
+        out["harmful_response"] = list(columns["harm_harmful_response"])
     return out
 
 
@@ -543,7 +574,7 @@ def assemble(table: "pa.Table", columns: dict[str, list]) -> "pa.Table":
     from safesample.tables import put_column
 
     types = {"refusal_style": pa.string(), "learned_refusal_style": pa.string(), "response": pa.string(), "eval_group": pa.string(),
-             "reward": pa.float64(), "refusal_score": pa.float64()}
+             "reward": pa.float64(), "refusal_score": pa.float64(), "harm_score": pa.float64()}
     for name, values in columns.items():
         if name.endswith(("_error",)):
             typ = pa.string()

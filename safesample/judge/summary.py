@@ -22,8 +22,10 @@ from safesample.errors import CheckFailed, DataError, UsageError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# the scorers whose verdicts give a harmful-response rate (guard judges); judge.GUARDS is this
+# the guard judges (judge.GUARDS is this), and every scorer whose verdicts give a harmful-response
+# rate: the guards and the offline harm judge
 GUARDS = ("wildguard", "llm")
+HARM_SCORERS = GUARDS + ("harm",)
 NO_CATEGORY = "(none)"
 
 # Summary metrics, what each needs, and which direction is good (for the docs and gates).
@@ -31,7 +33,7 @@ METRICS = {
     "refusal_rate": "refusals among prompts not flagged benign",
     "full_refusal_rate": "full refusals (rules) among prompts not flagged benign",
     "over_refusal_rate": "refusals among benign look-alike prompts",
-    "harmful_response_rate": "responses a guard judged harmful (needs wildguard or llm)",
+    "harmful_response_rate": "responses judged harmful (needs harm, wildguard or llm)",
     "mean_reward": "mean reward-model score (needs reward)",
     "mean_refusal_score": "mean refusal score among prompts not flagged benign (needs refusal_score)",
     "over_refusal_score": "mean refusal score among benign look-alike prompts (needs refusal_score)",
@@ -263,9 +265,9 @@ def parse_gates(under: Sequence[str], over: Sequence[str], scorers: Sequence[str
             if metric.startswith("delta_") and not comparing:
                 raise UsageError(f"--fail-{op} {metric} needs --compare BASE.parquet",
                                  "a delta is measured against another judged file")
-            if plain == "harmful_response_rate" and not set(scorers) & set(GUARDS):
-                raise UsageError(f"--fail-{op} {metric} needs a guard scorer",
-                                 "add --scorer wildguard (or llm) with --judge-model")
+            if plain == "harmful_response_rate" and not set(scorers) & set(HARM_SCORERS):
+                raise UsageError(f"--fail-{op} {metric} needs a guard scorer or the harm scorer",
+                                 "add --scorer harm (offline), or wildguard / llm with --judge-model")
             if plain.endswith("refusal_score") and "refusal_score" not in scorers:
                 raise UsageError(f"--fail-{op} {metric} needs the refusal_score scorer",
                                  "add --scorer refusal_score")

@@ -141,6 +141,11 @@ def plan_selection(table: "pa.Table", strategy: str, *, behavior: dict[str, floa
             harmful = _bools(table, "harmful_response")
             excluded["harmful_response"] = int(harmful.sum())
             keep &= ~harmful
+            notes.append(f"harmful answers dropped: {int(harmful.sum())} of {n}" + _judged_by(table))
+            unknown = table.column("harmful_response").null_count
+            if unknown:
+                reporter.warn(f"{unknown} of {n} rows have no harmful_response label (their answers' harm is "
+                              "unknown) and stay candidates; `safesample label --judge harm` decides it")
     elif not keep_harmful:
         reporter.warn("no 'harmful_response' labels: pairs with harmful responses cannot be excluded; "
              "run `safesample label` first")
@@ -257,6 +262,16 @@ def _strings(table: "pa.Table", name: str) -> "pa.Array":
     if pa.types.is_dictionary(col.type):
         col = col.dictionary_decode()
     return col.cast(pa.string()) if not pa.types.is_string(col.type) else col
+
+
+def _judged_by(table: "pa.Table") -> str:
+    """' (labelled by <label_backend>)': the judge the label stage names, when it does."""
+    if "label_backend" not in table.column_names:
+        return ""
+    import pyarrow.compute as pc
+
+    backends = [b for b in pc.unique(table.column("label_backend")).to_pylist() if b]
+    return f" (labelled by {', '.join(sorted(backends))})" if backends else ""
 
 
 def _bools(table: "pa.Table", name: str) -> np.ndarray:
