@@ -192,12 +192,17 @@ class Vectors:
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         if len(self.views) == 1:
             out[:] = self.views[0][rows]
-        else:
+        elif len(rows):
+            # Only the chunks that hold a wanted row (a Parquet file read without decoding has a
+            # chunk per page: ~1,500 for 1M x 384).
             chunk_of = np.searchsorted(self.offsets[1:], rows, side="right")
-            for k, view in enumerate(self.views):
-                sel = np.flatnonzero(chunk_of == k)
-                if len(sel):
-                    out[sel] = view[rows[sel] - self.offsets[k]]
+            order = np.argsort(chunk_of, kind="stable")
+            grouped = chunk_of[order]
+            bounds = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1, len(order)].tolist()
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                sel = order[lo:hi]
+                k = int(grouped[lo])
+                out[sel] = self.views[k][rows[sel] - self.offsets[k]]
         return self._unit(out, rows)
 
     def _unit(self, matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -70,3 +70,46 @@ def test_a_flipped_bit_in_any_row_group_is_still_caught(many_groups: Path, tmp_p
     bad.write_bytes(bytes(data))
     with pytest.raises(DataError, match="truncated or corrupt|checksum|CRC"):
         read_table(str(bad))
+
+
+@pytest.mark.parametrize("layout", ["small pages that cut rows", "one page per group", "compressed", "nulls",
+                                    "dictionary", "data page v2"])
+def test_embeddings_read_without_decoding_or_decoded_are_the_same(tmp_path: Path, layout: str):
+    """`parquet_vectors` maps plain float pages as they are (rows cut by a page end copied); any
+    other layout is decoded by Arrow: the table is the same either way."""
+    from safesample.tables import parquet_vectors
+
+    table = _pool(2000, dim=7)
+    if layout == "nulls":
+        emb = table.column("embedding").combine_chunks()
+        table = table.set_column(3, "embedding", pa.array([None if i % 97 == 0 else v for i, v in
+                                                          enumerate(emb.to_pylist())], emb.type))
+    options = {"small pages that cut rows": dict(data_page_size=1000), "one page per group": {},
+               "compressed": dict(compression="zstd"), "nulls": {}, "dictionary": dict(use_dictionary=True),
+               "data page v2": dict(data_page_version="2.0")}[layout]
+    path = tmp_path / "pool.parquet"
+    pq.write_table(table, path, row_group_size=700, write_page_checksum=True,
+                   **{"use_dictionary": False, "compression": "none", **options})
+    got = read_table(str(path))
+    assert got.equals(pq.read_table(path))
+    mapped = layout in ("small pages that cut rows", "one page per group")
+    try:
+        parquet_vectors.read_vectors(str(path), pq.ParquetFile(path), "embedding")
+        assert mapped, "only plain, uncompressed pages without nulls are mapped"
+    except parquet_vectors.Unsupported:
+        assert not mapped
+
+
+def test_write_table_writes_embeddings_the_reader_maps(tmp_path: Path):
+    from safesample.tables import parquet_vectors
+
+    path = tmp_path / "pool.parquet"
+    write_table(_pool(3000), str(path))
+    column = parquet_vectors.read_vectors(str(path), pq.ParquetFile(path), "embedding")
+    assert column.equals(pq.read_table(path).column("embedding"))
+    data = bytearray(path.read_bytes())
+    meta = pq.ParquetFile(path).metadata.row_group(0).column(3)
+    data[meta.data_page_offset + meta.total_compressed_size - 5] ^= 0x40  # in the last floats
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="CRC"):
+        read_table(str(path))
