@@ -61,6 +61,7 @@ $(AW)/train/%.parquet: $(AW)/audited.parquet experiments/audit_arms.py
 	$(PY) experiments/audit_arms.py $< --arm $* --n $(AUDIT_N) -o $@
 
 $(AW)/models/%/safesample_config.json: $(AW)/train/%.parquet
+	mkdir -p $(AW)/models
 	$(SS) finetune $< --model $(AUDIT_MODEL) $(AUDIT_TRAIN_ARGS) --seed $(call seed,$*) $(Q) -o $(AW)/models/$*
 
 # the model an arm is judged with: the base model for `aligned`, else the arm's adapter

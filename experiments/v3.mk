@@ -83,6 +83,7 @@ $(VW)/train/%.parquet: $$(call v3_benign,$$*) $$(if $$(filter-out 0,$$(call budg
 	  --seed $(call seed,$*) --safety-budget $(call budget,$*) $(Q) -o $@,cp $(call v3_benign,$*) $@)
 
 $(VW)/models/%/safesample_config.json: $(VW)/train/%.parquet
+	mkdir -p $(VW)/models
 	$(SS) finetune $< --model $(V3_MODEL) $(V3_TRAIN_ARGS) --seed $(call seed,$*) $(Q) -o $(VW)/models/$*
 
 v3_model = $(if $(filter aligned,$(1)),$(V3_MODEL),$(VW)/models/$(1))
