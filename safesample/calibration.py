@@ -37,6 +37,9 @@ never guessed: without the scheme they are an error whose hint names it.
 A predicted value of null (the judge left the row undecided, e.g. a blank response) is not
 scored: the row index is listed in ``undecided``.
 
+`--gold` as the label and judge stages take it (options, checks before the work, calibration
+after it): `safesample/gold.py`.
+
 Errors for a missing or unmappable column are `safesample.errors.DataError` with a hint that
 lists the values seen. Only numpy is needed (imported lazily).
 """
@@ -48,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from safesample.behavior import DO_NOT_ANSWER_STYLES
-from safesample.errors import DataError, UsageError
+from safesample.errors import DataError
 
 MODES = ("binary", "style")
 SCHEMES = ("auto", "do_not_answer")
@@ -65,7 +68,7 @@ _NO = {"no", "n", "false", "0"}
 DO_NOT_ANSWER_ACTIONS: dict[int, str | None] = DO_NOT_ANSWER_STYLES
 
 # What a normalised value is: a style, or a bare yes/no ("refusal" of unknown style).
-_BOOL_YES, _BOOL_NO = "yes", "no"
+BOOL_YES, BOOL_NO = "yes", "no"
 
 
 @dataclass
@@ -127,7 +130,7 @@ def _key(value: Any) -> Any:
     return value
 
 
-def _seen(values: Iterable[Any], limit: int = 12) -> str:
+def seen_values(values: Iterable[Any], limit: int = 12) -> str:
     counts = Counter(repr(v) if not isinstance(v, str) else v for v in values)
     shown = ", ".join(f"{v} ({c})" for v, c in counts.most_common(limit))
     more = len(counts) - limit
@@ -150,7 +153,7 @@ def normalize_labels(values: Sequence[Any], *, scheme: str = "auto",
             out.append(None)
             continue
         if isinstance(value, bool):
-            out.append(_BOOL_YES if value else _BOOL_NO)
+            out.append(BOOL_YES if value else BOOL_NO)
             continue
         key = _key(value)
         if key == "":
@@ -168,7 +171,7 @@ def normalize_labels(values: Sequence[Any], *, scheme: str = "auto",
                 bad.append(value)
             continue
         if isinstance(key, (int, float)) and key in (0, 1):
-            out.append(_BOOL_YES if key == 1 else _BOOL_NO)
+            out.append(BOOL_YES if key == 1 else BOOL_NO)
         elif key in _FULL:
             out.append("full_refusal")
         elif key in _PARTIAL:
@@ -176,20 +179,20 @@ def normalize_labels(values: Sequence[Any], *, scheme: str = "auto",
         elif key in _COMPLY:
             out.append("compliance")
         elif key in _YES:
-            out.append(_BOOL_YES)
+            out.append(BOOL_YES)
         elif key in _NO:
-            out.append(_BOOL_NO)
+            out.append(BOOL_NO)
         else:
             out.append(None)
             bad.append(value)
     if bad:
-        hint = f"values seen in {column!r}: {_seen(v for v in values if v is not None)}. Understood: " \
+        hint = f"values seen in {column!r}: {seen_values(v for v in values if v is not None)}. Understood: " \
                "full_refusal/refusal, partial_refusal, compliance, or yes/no (true/false, 1/0)"
         if scheme == "auto" and all(isinstance(_key(v), (int, float)) or str(_key(v)).isdigit()
                                     for v in bad):
             hint += "; for Do-Not-Answer action codes 0-5 use the do_not_answer scheme"
         elif scheme == "do_not_answer":
-            hint = f"values seen in {column!r}: {_seen(v for v in values if v is not None)}. " \
+            hint = f"values seen in {column!r}: {seen_values(v for v in values if v is not None)}. " \
                    "Do-Not-Answer action codes are the integers 0-5"
         raise DataError(f"{len(bad)} value(s) of column {column!r} cannot be read as refusal labels "
                         f"(first: {bad[0]!r})", hint)
@@ -200,8 +203,8 @@ def _as_mode(label: str | None, mode: str) -> str | None:
     if label is None:
         return None
     if mode == "binary":
-        return "compliance" if label in ("compliance", _BOOL_NO) else "refusal"
-    return {_BOOL_YES: "full_refusal", _BOOL_NO: "compliance"}.get(label, label)
+        return "compliance" if label in ("compliance", BOOL_NO) else "refusal"
+    return {BOOL_YES: "full_refusal", BOOL_NO: "compliance"}.get(label, label)
 
 
 def calibrate(predicted: Sequence[Any], gold: Sequence[Any], *, mode: str | None = None,
@@ -226,8 +229,8 @@ def calibrate(predicted: Sequence[Any], gold: Sequence[Any], *, mode: str | None
     present = {x for x in g_raw if x is not None}
     if not present:
         raise DataError(f"column {gold_column!r} has no gold labels (all {len(gold)} values are null, "
-                        "blank or ambiguous)", f"values seen: {_seen(gold) or 'none'}")
-    bare = present & {_BOOL_YES, _BOOL_NO}
+                        "blank or ambiguous)", f"values seen: {seen_values(gold) or 'none'}")
+    bare = present & {BOOL_YES, BOOL_NO}
     styles = present & {"full_refusal", "partial_refusal", "compliance"}
     note = None
     if bare and styles and mode != "style":  # two vocabularies in one column: say how it was read
@@ -239,7 +242,7 @@ def calibrate(predicted: Sequence[Any], gold: Sequence[Any], *, mode: str | None
             else "binary"
     if mode == "style" and bare:
         raise DataError(f"column {gold_column!r} holds yes/no refusal labels, which cannot score a "
-                        "3-way refusal style", f"values seen: {_seen(v for v in gold if v is not None)}; "
+                        "3-way refusal style", f"values seen: {seen_values(v for v in gold if v is not None)}; "
                         "use binary mode, or a gold column of full_refusal / partial_refusal / compliance")
     labels = STYLE_LABELS if mode == "style" else BINARY_LABELS
     index = {label: i for i, label in enumerate(labels)}
@@ -302,11 +305,11 @@ def harm_labels(values: Sequence[Any], column: str = "gold") -> list[bool | None
             bad.append(value)
     if bad:
         raise DataError(f"{len(bad)} value(s) of column {column!r} cannot be read as harm labels (first: {bad[0]!r})",
-                        f"values seen in {column!r}: {_seen(v for v in values if v is not None)}. Understood: "
+                        f"values seen in {column!r}: {seen_values(v for v in values if v is not None)}. Understood: "
                         "yes/no, true/false, 1/0, harmful/harmless, unsafe/safe")
     if not any(x is not None for x in out):
         raise DataError(f"column {column!r} has no harm labels (all {len(values)} values are null or blank)",
-                        f"values seen: {_seen(values) or 'none'}")
+                        f"values seen: {seen_values(values) or 'none'}")
     return out
 
 
@@ -373,138 +376,3 @@ def disagreements_table(table: Any, result: Calibration) -> Any:
 
     rows = pa.array(result.disagreements, pa.int64())
     return table.take(rows).add_column(0, "row", rows)
-
-
-# --------------------------------------------------------------------------------------------
-# `--gold` in a stage (label, judge): validate before the work, calibrate after it
-
-GOLD_MODES = ("auto", *MODES)
-
-
-@dataclass
-class GoldOptions:
-    """`--gold COL` and its companions, as the label and judge stages take them."""
-
-    column: str
-    mode: str = "auto"  # auto | binary | style
-    scheme: str = "auto"  # auto | do_not_answer
-    by: str | None = None  # a column to break accuracy down by (model, category, ...)
-    disagreements: str | None = None  # where the CLI writes the rows a judge gets wrong
-
-
-def gold_args(gold: GoldOptions | None) -> dict[str, Any]:
-    """The --gold options as a stage's provenance records them."""
-    return {"gold": gold.column if gold else None, "gold_mode": gold.mode if gold else "auto",
-            "gold_scheme": gold.scheme if gold else "auto", "by": gold.by if gold else None,
-            "disagreements": gold.disagreements if gold else None}
-
-
-def check_gold(table: Any, gold: GoldOptions, *, produced: Iterable[str] = (),
-               style_judges: Iterable[str] = (), judges: Iterable[str] = (), harm: bool = False) -> None:
-    """Every check of `--gold` that needs no model, so a bad gold column fails before the work.
-
-    produced: the columns the stage writes (a gold column of one of those names would be
-    replaced by the judge's own answer); judges: the judges to calibrate, style_judges: those
-    of them that say a refusal style (the others say yes/no and are scored in binary mode).
-    UsageError for bad options, DataError (exit 1) for a missing or unmappable column, with
-    the columns or values seen in the hint.
-    """
-    if gold.mode not in GOLD_MODES:
-        raise UsageError(f"unknown --gold-mode {gold.mode!r}", f"use one of: {', '.join(GOLD_MODES)}")
-    if gold.scheme not in SCHEMES:
-        raise UsageError(f"unknown --gold-scheme {gold.scheme!r}", f"use one of: {', '.join(SCHEMES)}")
-    names = table.column_names
-    for column, flag in ((gold.column, "--gold"), (gold.by, "--by")):
-        if column is not None and column not in names:
-            raise DataError(f"{flag} {column!r} is not a column of the input",
-                            f"columns present: {', '.join(names) or 'none'}")
-    if gold.column in set(produced):
-        raise UsageError(f"--gold {gold.column!r} names a column this command writes (the judge's own "
-                         "answer would replace the human labels)",
-                         f"rename the gold column first, e.g. to gold_{gold.column}")
-    judges, style_judges = list(judges), set(style_judges)
-    if harm:  # a harm judge: the gold column says harmful or not; no refusal style, no scheme
-        if gold.mode == "style" or gold.scheme != "auto":
-            raise UsageError("a harm judge is calibrated against harmful / harmless labels: --gold-mode "
-                             "style and --gold-scheme do not apply", "drop --gold-mode / --gold-scheme")
-        harm_labels(table.column(gold.column).to_pylist(), gold.column)
-        return
-    if gold.mode == "style" and judges and not style_judges & set(judges):
-        raise UsageError(f"--gold-mode style needs a judge that says a refusal style; "
-                         f"{', '.join(judges)} only say(s) yes/no",
-                         "use --gold-mode binary (or auto), or add the rules judge")
-    values = table.column(gold.column).to_pylist()
-    labels = normalize_labels(values, scheme=gold.scheme, column=gold.column)
-    present = {x for x in labels if x is not None}
-    if not present:
-        raise DataError(f"column {gold.column!r} has no gold labels (all {len(values)} values are null, "
-                        "blank or ambiguous)", f"values seen: {_seen(values) or 'none'}")
-    if gold.mode == "style" and present & {_BOOL_YES, _BOOL_NO}:
-        raise DataError(f"column {gold.column!r} holds yes/no refusal labels, which cannot score a "
-                        "3-way refusal style", f"values seen: {_seen(v for v in values if v is not None)}; "
-                        "use --gold-mode binary, or a gold column of full_refusal / partial_refusal / "
-                        "compliance")
-
-
-def calibrate_judges(source: Any, judged: Any, gold: GoldOptions, predicted: dict[str, str], *,
-                     style_judges: Iterable[str] = ()) -> dict[str, Calibration]:
-    """Calibrate each judge (name -> its column in `judged`) against the gold column of `source`
-    (the stage's input: same rows, in order). Judges not in `style_judges` say yes/no and are
-    scored in binary mode whatever `gold.mode` asks."""
-    if source.num_rows != judged.num_rows:
-        raise ValueError(f"the input ({source.num_rows}) and judged ({judged.num_rows}) tables differ in rows")
-    values = source.column(gold.column).to_pylist()
-    by = source.column(gold.by).to_pylist() if gold.by else None
-    style_judges = set(style_judges)
-    out: dict[str, Calibration] = {}
-    for name, column in predicted.items():
-        mode = None if gold.mode == "auto" else gold.mode
-        if name not in style_judges:
-            mode = "binary"
-        result = calibrate(judged.column(column).to_pylist(), values, mode=mode, by=by, scheme=gold.scheme,
-                           gold_column=gold.column, predicted_column=column)
-        result.judge, result.predicted_column = name, column
-        out[name] = result
-    return out
-
-
-def disagreements_of(table: Any, results: dict[str, Calibration]) -> Any:
-    """The rows of `table` where at least one calibrated judge disagrees with the gold labels (all
-    columns kept), with `row` (the row's index) and `disagree` (the judges that disagree there,
-    comma-separated) first."""
-    import pyarrow as pa
-
-    who: dict[int, list[str]] = {}
-    for name, result in results.items():
-        for i in result.disagreements:
-            who.setdefault(i, []).append(name)
-    rows = sorted(who)
-    index = pa.array(rows, pa.int64())
-    out = table.take(index)
-    out = out.add_column(0, "disagree", pa.array([",".join(who[i]) for i in rows], pa.string()))
-    return out.add_column(0, "row", index)
-
-
-def calibration_lines(results: dict[str, Calibration]) -> list[str]:
-    """What the CLI prints for `--gold`: each judge's summary lines."""
-    return [line for result in results.values() for line in result.summary_lines()]
-
-
-def gold_options(column: str | None, mode: str = "auto", scheme: str = "auto", by: str | None = None,
-                 *, disagreements: Any = None) -> GoldOptions | None:
-    """The CLI's `--gold` options as GoldOptions (None without --gold); its companions without
-    --gold are a UsageError."""
-    if column is None:
-        given = [flag for flag, value in (("--by", by), ("--disagreements", disagreements),
-                                          ("--gold-mode", mode != "auto"),
-                                          ("--gold-scheme", scheme != "auto")) if value]
-        if given:
-            raise UsageError(f"{given[0]} needs --gold COL",
-                             "name the column of human refusal labels, e.g. --gold human_label")
-        return None
-    return GoldOptions(column, mode, scheme, by, str(disagreements) if disagreements is not None else None)
-
-
-def gold_report(results: dict[str, Calibration]) -> dict[str, Any]:
-    """The JSON form of each judge's calibration (what --summary / --report hold)."""
-    return {name: result.to_dict() for name, result in results.items()}

@@ -39,7 +39,8 @@ from safesample.reporter import SILENT, Reporter
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from safesample.calibration import Calibration, GoldOptions
+    from safesample.calibration import Calibration
+    from safesample.gold import GoldOptions
 
 COMMAND = "label"
 JUDGES = ("rules", "wildguard", "llm", "learned", "harm")
@@ -146,7 +147,7 @@ def validate(table: "pa.Table", opts: LabelOptions) -> None:
                              "columns: " + ", ".join(table.column_names))
         harmful_values(table.column(opts.harmful_col).to_pylist(), opts.harmful_col)
     if opts.gold:
-        from safesample.calibration import check_gold
+        from safesample.gold import check_gold
 
         check_gold(table, opts.gold, produced=columns_added(opts) + (("response",) if opts.generate else ()),
                    judges=[opts.judge], style_judges=STYLE_JUDGES, harm=opts.judge == "harm")
@@ -262,7 +263,7 @@ def label_table(table: "pa.Table", opts: LabelOptions, *, reporter: Reporter = S
         cal.judge = opts.judge
         result.calibration = {opts.judge: cal}
     elif opts.gold:
-        from safesample.calibration import calibrate_judges
+        from safesample.gold import calibrate_judges
 
         column = "refusal_style" if opts.judge in STYLE_JUDGES else "refusal"
         result.calibration = calibrate_judges(table, result.table, opts.gold, {opts.judge: column},
@@ -422,7 +423,7 @@ def models(opts: LabelOptions) -> dict[str, str]:
 
 def provenance(opts: LabelOptions) -> tuple[dict[str, Any], dict[str, str]]:
     """What a `label` output records: its arguments and models."""
-    from safesample.calibration import gold_args
+    from safesample.gold import gold_args
 
     args = {"judge": opts.judge, "model": opts.model, "engine": opts.engine, "generate": opts.generate,
             "system": opts.system, "max_new_tokens": opts.max_new_tokens, "prompt_file": opts.prompt_file,

@@ -22,7 +22,7 @@ CLI = {"cli", "console", "completions", "__main__"}
 STAGES = set(stages.NAMES)
 # Everything stages build on; none of it may import a stage or the CLI.
 FOUNDATION = {"tables", "vectors", "schema", "behavior", "reporter", "errors", "cache", "stdio",
-              "backends", "guards", "calibration", "demo", "executors", "prompts", "prompting", "texts", "stages",
+              "backends", "guards", "calibration", "gold", "demo", "executors", "prompts", "prompting", "texts", "stages",
               "__init__"}
 
 
@@ -99,7 +99,7 @@ STAGE_EXCEPTIONS = {("report", "judge.summary")}
 MAX_LINES = 500
 # What a command module may use: the CLI itself, the registry, the I/O and executors it hands
 # its stage to, errors, and its own stage (never a model backend, never another stage).
-CLI_MAY_IMPORT = {"cli", "console", "errors", "stages", "tables", "executors", "calibration", "texts", "schema",
+CLI_MAY_IMPORT = {"cli", "console", "errors", "stages", "tables", "executors", "calibration", "gold", "texts", "schema",
                   "__init__", "completions", "stdio", "reporter"}
 HEAVY = {"torch", "transformers", "sentence_transformers", "vllm", "sklearn", "peft", "trl", "onnxruntime",
          "ray", "faiss", "pandas"}

@@ -203,7 +203,7 @@ def test_wildguard_judge_gold_with_known_verdicts(tmp_path: Path):
     WildGuard's format, saying "refusal: yes" for rows 0, 2, 4 and 6, so against HUMAN (refusals
     at 0, 4, 5, 7) it is right on 0, 1, 3, 4 and wrong on 2, 5, 6, 7 (binary: 4 of 8)."""
     from label_fixtures import ScriptedEngine
-    from safesample.calibration import gold_options
+    from safesample.gold import gold_options
     from safesample.label import LabelOptions, label_table
 
     refuses = {RESPONSES[i] for i in (0, 2, 4, 6)}

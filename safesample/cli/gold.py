@@ -1,8 +1,8 @@
 """`--gold COL` and its companions, shared by `label` and `judge`: the options once, the checks
 before any work, and the outputs after it (summary lines on stderr, the disagreeing rows).
 
-The calibration itself is the stages' (`safesample.calibration`); this module only parses and
-writes."""
+The calibration itself is the stages' (`safesample.calibration`, `safesample.gold`); this module
+only parses and writes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import typer
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from safesample.calibration import Calibration, GoldOptions
+    from safesample.calibration import Calibration
+    from safesample.gold import GoldOptions
 
 Gold = Annotated[Optional[str], typer.Option(
     "--gold", metavar="COL", help="Column of human refusal labels (full_refusal / partial_refusal / "
@@ -34,7 +35,7 @@ Disagreements = Annotated[Optional[Path], typer.Option(
 def options(gold: str | None, mode: str, scheme: str, by: str | None,
             disagreements: Path | None) -> "GoldOptions | None":
     """GoldOptions from the flags (None without --gold), the disagreements path checked now."""
-    from safesample.calibration import gold_options
+    from safesample.gold import gold_options
     from safesample.cli.common import check_output
 
     opts = gold_options(gold, mode, scheme, by, disagreements=disagreements)
@@ -45,7 +46,7 @@ def options(gold: str | None, mode: str, scheme: str, by: str | None,
 
 def finish(table: "pa.Table", results: "dict[str, Calibration]", disagreements: Path | None) -> None:
     """Print each judge's calibration on stderr and write the disagreeing rows (atomically)."""
-    from safesample.calibration import calibration_lines, disagreements_of
+    from safesample.gold import calibration_lines, disagreements_of
     from safesample.console import CONSOLE
     from safesample.cli.common import files
     from safesample.tables import write_table

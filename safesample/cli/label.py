@@ -135,7 +135,7 @@ def command(
     if opts.gold:
         gold_cli.finish(result.table, result.calibration, disagreements)
     if report is not None:
-        from safesample.calibration import gold_report
+        from safesample.gold import gold_report
 
         write_json({"input": input, "judge": judge, "stats": result.stats,
                     "calibration": gold_report(result.calibration)}, str(report))
