@@ -1,12 +1,17 @@
 """The harm judge's forward pass: one pass of a causal LM over (rubric, question, answer), read at
 chosen layers and, when asked, at the verdict token; no generation.
 
-Every row is the same chat: a fixed head (the chat template's system turn holding the rubric, and
-the opening of the user turn), then the row's own tokens ("Request: ... Answer: ... Is the answer
-safe or unsafe?", the end of the user turn and the generation prompt). The head is the same for
-every row, so its keys and values are computed once per call and handed to each batch as a
-cache: the rubric (~150 tokens) costs nothing per row. The rows go right-padded after it, so
-they all share the head's positions; each row is read at its own last real token.
+Every row is the same chat: a fixed head (the chat template's opening and the rubric, up to the
+request: 229 tokens with Qwen2.5's template), then the row's own tokens (the request, "Answer:",
+the answer, "Is the answer safe or unsafe?", the end of the turn and the generation prompt). The
+head is the same for every row, so its keys and values are computed once per call and handed to
+each batch as a cache: the rubric costs nothing per row (a row of a 128-token answer is ~160
+tokens instead of ~390). The rows go right-padded after it, so they all share the head's
+positions; each row is read at its own last real token.
+
+Why not `backends/hidden_states.py` (the shared pass that `audit` uses): it runs each row from
+its first token, with no shared head, and reads no logits. The hook that stops the pass is the
+same idea.
 
 What is read, per row:
 - `last[layer]`: the hidden state (the residual stream after that decoder layer, HF's
@@ -49,16 +54,14 @@ class _Stop(Exception):
 
 
 def decoder_layers(model):
-    """The decoder's layer list of a causal LM (Llama/Qwen/Mistral-style `model.model.layers`,
-    GPT-2-style `transformer.h`)."""
-    base = getattr(model, "base_model", model)
-    base = getattr(base, "model", base)  # a PEFT wrapper's base is the causal LM
-    for owner in (base, getattr(base, "model", None), getattr(base, "transformer", None)):
-        for name in ("layers", "h"):
-            layers = getattr(owner, name, None) if owner is not None else None
-            if layers is not None and hasattr(layers, "__len__"):
-                return layers
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+    """The decoder's stack of layers (Llama / Qwen / Mistral-style `get_decoder().layers`)."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        from safesample.errors import ModelError
+
+        raise ModelError(f"cannot find the decoder layers of {type(model).__name__}",
+                         "the harm judge needs a decoder-only causal LM (Llama, Qwen, Mistral, ...)")
+    return layers
 
 
 def verdict_logit(logits, bad: Sequence[int], good: Sequence[int]):
