@@ -310,6 +310,8 @@ def test_label_judge_harm_bad_input(tmp_path, harm_env, no_template):
                env={**env, "SAFESAMPLE_HARM_JUDGE": str(tmp_path / "none.npz")}), 1, tmp_path, "weights are missing")
     no_instruction = write(tmp_path / "noinst.parquet", response=["a"])
     failed(cli("label", str(no_instruction), "--judge", "harm", "-o", out, env=env), 1, tmp_path, "instruction")
+    for args in (["--harm-threshold", "0.3"], ["--judge", "harm", "--harm-threshold", "1.5"]):
+        failed(cli("label", str(src), *args, "-o", out, env=env), 2, tmp_path, "harm threshold")
 
 
 def test_label_table_loads_the_judge_through_the_loader_it_is_given(chatty, tmp_path, monkeypatch, harm_env):

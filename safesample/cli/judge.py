@@ -22,7 +22,9 @@ fine-tuned run folder is prompted with the template it was trained with (--templ
 Scorers (--scorer, repeatable): rules (refusal classifier, always available), wildguard / llm
 (guard judge LLM given by --judge-model), reward (any sequence-classification model given by
 --reward-model: a helpfulness reward model or a harmfulness predictor), refusal_score (the
-model's odds of opening its answer with a refusal: forward passes only; alone, no generation).
+model's odds of opening its answer with a refusal: forward passes only; alone, no generation),
+harm (the offline harm judge: P(harmful) of each answer, harm_score, and harmful_response at
+its calibrated threshold; CPU, no guard model).
 
 Summary (stderr, and --summary s.json): refusal rate among prompts not flagged benign,
 over-refusal on benign look-alikes (a `label` column "safe" as in XSTest, `expected_behavior`
@@ -41,6 +43,7 @@ Examples:
   safesample judge eval.parquet --model smollm2 --limit 8 --max-new-tokens 32 -o base.parquet
   safesample judge eval.parquet --model runs/lora-0 -o j.parquet --compare base.parquet \\
       --fail-under delta_refusal_rate=-0.05
+  safesample judge eval.parquet --model runs/lora-0 --scorer rules,harm -o judged.parquet
   safesample judge judged.parquet --responses --scorer rules --scorer reward \\
       --reward-model ./harm-classifier -o rescored.parquet
   safesample judge xstest.parquet --model runs/lora-0 --scorer wildguard \\
@@ -69,7 +72,7 @@ def command(
                                                       "look-alike prompts (true/'safe'/'benign'/"
                                                       "'comply').", show_default=False)] = None,
     scorer: Annotated[Optional[list[str]], typer.Option("--scorer", "-s", help="rules, learned, wildguard, "
-                                                        "llm, reward, refusal_score; repeat or comma-separate "
+                                                        "llm, reward, refusal_score, harm; repeat or comma-separate "
                                                         "[default: rules].",
                                                         show_default=False)] = None,
     judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Guard model for the "

@@ -27,7 +27,10 @@ classifier; tell it whether requests are harmful with --harmful-col COL or --all
 vouch for harmless responses with --safe-responses. --judge wildguard (default model
 allenai/wildguard) and --judge llm (any instruct model, prompt in --prompt-file) answer all
 three questions with a guard model, through vLLM on a GPU or transformers elsewhere
-(--engine). --generate MODEL first writes the responses with that model, to label what it does.
+(--engine). --judge harm decides harmful_response offline on the CPU (the harm judge: a probe
+on qwen2.5-coder-0.5b's hidden states after a rubric prompt, threshold calibrated on human
+labels; adds harm_score, its probability), with refusals from the rules: a pool it labels needs
+no --safe-responses. --generate MODEL first writes the responses with that model, to label what it does.
 Model outputs are cached on disk (SAFESAMPLE_CACHE_DIR); --no-cache recomputes.
 --gold COL calibrates the judge against a column of human labels (accuracy, Cohen's kappa,
 confusion matrix, per --by group; --report r.json, --disagreements rows.parquet).
@@ -37,6 +40,7 @@ Examples:
 \b
   safesample label pool.parquet --all-harmful --safe-responses -o labeled.parquet
   safesample label pool.parquet --harmful-col is_harmful -o labeled.parquet
+  safesample label pool.parquet --all-harmful --judge harm -o labeled.parquet
   safesample label pool.parquet --judge wildguard --model /models/wildguard -o labeled.parquet
   safesample label eval.parquet --generate runs/lora-0 --all-harmful -o behavior.parquet
   safesample label pool.parquet --judge llm --model smollm2 --limit 20 -o - | safesample embed - -o e.parquet
@@ -49,7 +53,8 @@ def command(
     input: Input,
     output: Output = "-",
     judge: Annotated[str, typer.Option("--judge", help="rules, learned (embedding "
-                                  "classifier over the rules, CPU), wildguard or llm.")] = "rules",
+                                  "classifier over the rules, CPU), harm (harmful answers, CPU), "
+                                  "wildguard or llm.")] = "rules",
     model: Annotated[Optional[str], typer.Option(
         "--model", help="Judge model for --judge wildguard/llm: hub id, local folder, or 'smollm2'.",
         show_default=False)] = None,
@@ -72,6 +77,9 @@ def command(
                                               "harmful (a safety pool, a harmful eval set).")] = False,
     safe_responses: Annotated[bool, typer.Option("--safe-responses", help="The responses are known "
                                                  "to be harmless (a curated safety pool).")] = False,
+    harm_threshold: Annotated[Optional[float], typer.Option(
+        "--harm-threshold", metavar="P", help="--judge harm: the P(harmful) at which an answer is "
+        "harmful [default: the calibrated one stored with the judge].", show_default=False)] = None,
     max_response_chars: Annotated[int, typer.Option("--max-response-chars", min=1, help="Cut longer "
                                                     "responses to this for a model judge.")] = 4000,
     dtype: Annotated[str, typer.Option("--dtype", help="Model dtype: auto, float32, bfloat16, "
@@ -118,7 +126,7 @@ def command(
     opts = LabelOptions(judge=judge, model=model, engine=engine, batch_size=batch_size, dtype=dtype, **serving,
                         template=template, prompt_file=str(prompt_file) if prompt_file else None,
                         harmful_col=harmful_col, all_harmful=all_harmful, safe_responses=safe_responses,
-                        generate=generate, system=system, max_new_tokens=max_new_tokens,
+                        harm_threshold=harm_threshold, generate=generate, system=system, max_new_tokens=max_new_tokens,
                         max_response_chars=max_response_chars, cache=not no_cache,
                         gold=gold_cli.options(gold, gold_mode, gold_scheme, by, disagreements))
     ex = executor_options(executor, ray_address, concurrency, batch_size, quiet, verbose)
