@@ -44,9 +44,10 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--folder", default="stop16-qwen2.5-coder-0.5b-float32",
-                        help="the cached features under build/harm_judge (from `extract --stop 16 --dtype float32`)")
+    parser.add_argument("--dtype", default="bfloat16", help="the dtype the features were read in, and the judge runs in")
+    parser.add_argument("--folder", default="qwen2.5-coder-0.5b-bfloat16",
+                        help="the cached features under build/harm_judge (from `extract --model qwen2.5-coder-0.5b`, "
+                             "bf16; the shipped weights are these defaults, reproduced to 1e-10)")
     parser.add_argument("--features", default="mean12,last12",
                         help="comma-separated: mean<L>, last<L>, question<L>, verdict")
     parser.add_argument("--rule", choices=sorted(RULES), default="fpr2")
