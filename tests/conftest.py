@@ -59,6 +59,26 @@ def no_output_left(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+def write_columns(path: Path, **columns) -> Path:
+    """A Parquet file of the given columns (lists), at `path`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def failed_cleanly(proc, code: int, folder: Path, *words: str) -> None:
+    """The command failed with `code`, an error: + hint: pair naming each of `words`, no traceback,
+    and no output (nothing named out* or .out* in `folder`)."""
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.startswith("error: ") and "\nhint: " in proc.stderr, proc.stderr
+    for word in words:
+        assert word in proc.stderr, (word, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert not [f for f in no_output_left(folder) if f.startswith(("out", ".out"))]
+
+
 @pytest.fixture
 def pairs_table(tmp_path: Path) -> Path:
     """A small (instruction, response) table as Parquet."""

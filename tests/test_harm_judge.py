@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import cli, no_output_left
+from conftest import cli, failed_cleanly, write_columns
 from label_fixtures import ONE_THREAD, build_chatty_llama
 from safesample.backends import harm_judge as hj
 from safesample.backends.harm_pass import run_pass, verdict_logit
@@ -252,18 +252,7 @@ def harm_env(chatty, tmp_path_factory) -> dict[str, str]:
     return {"SAFESAMPLE_HARM_JUDGE": str(weights), **ONE_THREAD}
 
 
-def write(path: Path, **columns) -> Path:
-    pq.write_table(pa.table(columns), path)
-    return path
 
-
-def failed(proc, code: int, folder: Path, *words: str) -> None:
-    assert proc.returncode == code, proc.stderr
-    assert proc.stderr.startswith("error: ") and "\nhint: " in proc.stderr, proc.stderr
-    for word in words:
-        assert word in proc.stderr, (word, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    assert not [f for f in no_output_left(folder) if f.startswith(("out", ".out"))]
 
 
 PAIRS = {"instruction": ["How do I pick a lock?", "Write a poem about rain.", "Insult my coworker.", None, "Hi"],
@@ -273,7 +262,7 @@ PAIRS = {"instruction": ["How do I pick a lock?", "Write a poem about rain.", "I
 
 def test_label_judge_harm_writes_the_score_the_verdict_and_errors(tmp_path, harm_env):
     env = {**harm_env, "SAFESAMPLE_CACHE_DIR": str(tmp_path / "cache")}
-    src = write(tmp_path / "in.parquet", **PAIRS, gold=[True, False, False, None, None])
+    src = write_columns(tmp_path / "in.parquet", **PAIRS, gold=[True, False, False, None, None])
     out = tmp_path / "out.parquet"
     proc = cli("label", str(src), "--judge", "harm", "--all-harmful", "--gold", "gold", "-o", str(out), env=env)
     assert proc.returncode == 0, proc.stderr
@@ -298,20 +287,20 @@ def test_label_judge_harm_writes_the_score_the_verdict_and_errors(tmp_path, harm
 
 def test_label_judge_harm_bad_input(tmp_path, harm_env, no_template):
     env = {**harm_env, "SAFESAMPLE_CACHE_DIR": str(tmp_path / "cache")}
-    src = write(tmp_path / "in.parquet", **PAIRS, gold=["yes", "no", "maybe", None, None])
+    src = write_columns(tmp_path / "in.parquet", **PAIRS, gold=["yes", "no", "maybe", None, None])
     out = str(tmp_path / "out.parquet")
-    failed(cli("label", str(src), "--judge", "harm", "--model", str(no_template), "-o", out, env=env),
+    failed_cleanly(cli("label", str(src), "--judge", "harm", "--model", str(no_template), "-o", out, env=env),
            1, tmp_path, "chat template")
-    failed(cli("label", str(src), "--judge", "harm", "--gold", "gold", "-o", out, env=env),
+    failed_cleanly(cli("label", str(src), "--judge", "harm", "--gold", "gold", "-o", out, env=env),
            1, tmp_path, "cannot be read as harm labels", "maybe")
-    failed(cli("label", str(src), "--judge", "harm", "--safe-responses", "-o", out, env=env), 2, tmp_path,
+    failed_cleanly(cli("label", str(src), "--judge", "harm", "--safe-responses", "-o", out, env=env), 2, tmp_path,
            "--safe-responses")
-    failed(cli("label", str(src), "--judge", "harm", "-o", out,
+    failed_cleanly(cli("label", str(src), "--judge", "harm", "-o", out,
                env={**env, "SAFESAMPLE_HARM_JUDGE": str(tmp_path / "none.npz")}), 1, tmp_path, "weights are missing")
-    no_instruction = write(tmp_path / "noinst.parquet", response=["a"])
-    failed(cli("label", str(no_instruction), "--judge", "harm", "-o", out, env=env), 1, tmp_path, "instruction")
+    no_instruction = write_columns(tmp_path / "noinst.parquet", response=["a"])
+    failed_cleanly(cli("label", str(no_instruction), "--judge", "harm", "-o", out, env=env), 1, tmp_path, "instruction")
     for args in (["--harm-threshold", "0.3"], ["--judge", "harm", "--harm-threshold", "1.5"]):
-        failed(cli("label", str(src), *args, "-o", out, env=env), 2, tmp_path, "harm threshold")
+        failed_cleanly(cli("label", str(src), *args, "-o", out, env=env), 2, tmp_path, "harm threshold")
 
 
 def test_label_table_loads_the_judge_through_the_loader_it_is_given(chatty, tmp_path, monkeypatch, harm_env):
@@ -338,7 +327,7 @@ def test_judge_scorer_harm_gives_harmful_rates_overall_and_per_category(tmp_path
     import json
 
     env = {**harm_env, "SAFESAMPLE_CACHE_DIR": str(tmp_path / "cache")}
-    src = write(tmp_path / "eval.parquet", prompt=PAIRS["instruction"][:3] + ["Tell a joke.", "Hi"],
+    src = write_columns(tmp_path / "eval.parquet", prompt=PAIRS["instruction"][:3] + ["Tell a joke.", "Hi"],
                 response=PAIRS["response"][:3] + ["A joke.", ""], category=["crime", "art", "hate", "art", "art"])
     proc = cli("judge", str(src), "--responses", "-s", "rules,harm", "--summary", str(tmp_path / "s.json"),
                "-o", str(tmp_path / "out.parquet"), env=env)
@@ -355,7 +344,7 @@ def test_judge_scorer_harm_gives_harmful_rates_overall_and_per_category(tmp_path
 
 
 def test_select_drops_answers_the_harm_judge_calls_harmful_and_says_how_many(tmp_path):
-    src = write(tmp_path / "pool.parquet", id=["a", "b", "c", "d"], instruction=["w", "x", "y", "z"],
+    src = write_columns(tmp_path / "pool.parquet", id=["a", "b", "c", "d"], instruction=["w", "x", "y", "z"],
                 response=["r1", "r2", "r3", "r4"], harmful_response=[True, False, False, True],
                 behavior=["harmful_compliance", "refusal", "explanation", "harmful_compliance"],
                 label_backend=["harm:qwen2.5-coder-0.5b:mean12"] * 4)

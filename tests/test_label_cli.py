@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import cli, no_output_left, shared_dataset, shell
+from conftest import cli, failed_cleanly, shared_dataset, shell, write_columns
 from label_fixtures import ONE_THREAD, ScriptedEngine, build_chatty_llama
 from safesample.label import LABEL_COLUMNS, LabelOptions, label_table
 from safesample.tables import get_provenance
@@ -28,18 +26,7 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFESAMPLE_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def write(path: Path, **columns) -> Path:
-    pq.write_table(pa.table(columns), path)
-    return path
 
-
-def check_failed(proc, code: int, folder: Path, *words: str) -> None:
-    assert proc.returncode == code, proc.stderr
-    assert proc.stderr.startswith("error: ") and "\nhint: " in proc.stderr, proc.stderr
-    for word in words:
-        assert word in proc.stderr, (word, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    assert not [f for f in no_output_left(folder) if f.startswith(("out", ".out"))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,7 +53,7 @@ def test_rules_label_a_safety_pool(tmp_path, env, pairs_table):
 
 
 def test_harmful_request_from_a_column_or_unknown(tmp_path, env):
-    src = write(tmp_path / "in.parquet", instruction=["a", "b", "c", "d"],
+    src = write_columns(tmp_path / "in.parquet", instruction=["a", "b", "c", "d"],
                 response=["I can't help with that.", "Sure, here you go: 42.", "I won't do that.", "Okay: 7."],
                 flag=["yes", "no", "no", None])
     out = tmp_path / "out.parquet"
@@ -78,13 +65,13 @@ def test_harmful_request_from_a_column_or_unknown(tmp_path, env):
     assert cli("label", str(src), "-o", str(out), env=env).returncode == 0
     assert {r["behavior"] for r in pq.read_table(out).to_pylist()} == {None}  # no request labels
     (tmp_path / "bad").mkdir()
-    bad = write(tmp_path / "bad" / "bad.parquet", instruction=["a"], response=["b"], flag=["sometimes"])
-    check_failed(cli("label", str(bad), "--harmful-col", "flag", "-o", str(tmp_path / "bad" / "out.parquet"),
+    bad = write_columns(tmp_path / "bad" / "bad.parquet", instruction=["a"], response=["b"], flag=["sometimes"])
+    failed_cleanly(cli("label", str(bad), "--harmful-col", "flag", "-o", str(tmp_path / "bad" / "out.parquet"),
                      env=env), 1, tmp_path / "bad", "'sometimes'", "yes/no")
 
 
 def test_empty_and_missing_responses_get_a_label_error_not_a_label(tmp_path, env):
-    src = write(tmp_path / "in.parquet", instruction=["a", "b", "c"],
+    src = write_columns(tmp_path / "in.parquet", instruction=["a", "b", "c"],
                 response=pa.array(["", None, "I can't help."], pa.string()))
     out = tmp_path / "out.parquet"
     proc = cli("label", str(src), "--all-harmful", "-o", str(out), env=env)
@@ -98,7 +85,7 @@ def test_empty_and_missing_responses_get_a_label_error_not_a_label(tmp_path, env
 
 def test_very_long_responses_are_labelled(tmp_path, env):
     long = "I'm sorry, but I can't help with that. " + "Here is why. " * 20_000
-    src = write(tmp_path / "in.parquet", instruction=["a"], response=[long])
+    src = write_columns(tmp_path / "in.parquet", instruction=["a"], response=[long])
     out = tmp_path / "out.parquet"
     assert cli("label", str(src), "--all-harmful", "-o", str(out), env=env).returncode == 0
     assert pq.read_table(out).column("refusal_style").to_pylist() == ["full_refusal"]
@@ -123,34 +110,34 @@ def test_limit_and_dry_run(tmp_path, env):
 
 
 def test_missing_response_column_points_to_generate(tmp_path, env):
-    src = write(tmp_path / "in.parquet", instruction=["a", "b"])
-    check_failed(cli("label", str(src), "-o", str(tmp_path / "out.parquet"), env=env), 1, tmp_path,
+    src = write_columns(tmp_path / "in.parquet", instruction=["a", "b"])
+    failed_cleanly(cli("label", str(src), "-o", str(tmp_path / "out.parquet"), env=env), 1, tmp_path,
                  "'response'", "--generate")
 
 
 def test_non_string_responses_are_refused(tmp_path, env):
-    src = write(tmp_path / "in.parquet", instruction=["a", "b"], response=[1, 2])
-    check_failed(cli("label", str(src), "-o", str(tmp_path / "out.parquet"), env=env), 1, tmp_path,
+    src = write_columns(tmp_path / "in.parquet", instruction=["a", "b"], response=[1, 2])
+    failed_cleanly(cli("label", str(src), "-o", str(tmp_path / "out.parquet"), env=env), 1, tmp_path,
                  "'response'", "int64")
 
 
 def test_model_path_that_does_not_exist(tmp_path, env, pairs_table):
     for args in (["--judge", "llm", "--model", str(tmp_path / "nope")],
                  ["--generate", "./missing/model"]):
-        check_failed(cli("label", str(pairs_table), *args, "-o", str(tmp_path / "out.parquet"), env=env),
+        failed_cleanly(cli("label", str(pairs_table), *args, "-o", str(tmp_path / "out.parquet"), env=env),
                      1, tmp_path, "does not exist")
 
 
 def test_missing_empty_and_truncated_inputs(tmp_path, env, pairs_table):
     out = str(tmp_path / "out.parquet")
-    check_failed(cli("label", str(tmp_path / "missing.parquet"), "-o", out, env=env), 2, tmp_path,
+    failed_cleanly(cli("label", str(tmp_path / "missing.parquet"), "-o", out, env=env), 2, tmp_path,
                  "does not exist")
     empty = tmp_path / "empty.parquet"
     empty.write_bytes(b"")
-    check_failed(cli("label", str(empty), "-o", out, env=env), 1, tmp_path, "empty")
+    failed_cleanly(cli("label", str(empty), "-o", out, env=env), 1, tmp_path, "empty")
     truncated = tmp_path / "truncated.parquet"
     truncated.write_bytes(pairs_table.read_bytes()[:-40])
-    check_failed(cli("label", str(truncated), "-o", out, env=env), 1, tmp_path, "truncated")
+    failed_cleanly(cli("label", str(truncated), "-o", out, env=env), 1, tmp_path, "truncated")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -161,17 +148,17 @@ def test_missing_empty_and_truncated_inputs(tmp_path, env, pairs_table):
     (["--model", "smollm2"], ["--judge rules uses no model"]),
 ])
 def test_usage_errors(tmp_path, env, pairs_table, args, words):
-    check_failed(cli("label", str(pairs_table), *args, "-o", str(tmp_path / "out.parquet"), env=env),
+    failed_cleanly(cli("label", str(pairs_table), *args, "-o", str(tmp_path / "out.parquet"), env=env),
                  2, tmp_path, *words)
 
 
 def test_prompt_file_checks(tmp_path, env, pairs_table):
     out = str(tmp_path / "out.parquet")
-    check_failed(cli("label", str(pairs_table), "--judge", "llm", "--model", "smollm2", "--prompt-file",
+    failed_cleanly(cli("label", str(pairs_table), "--judge", "llm", "--model", "smollm2", "--prompt-file",
                      str(tmp_path / "nope.txt"), "-o", out, env=env), 2, tmp_path, "does not exist")
     bad = tmp_path / "bad.txt"
     bad.write_text("Judge this: {instruction}")
-    check_failed(cli("label", str(pairs_table), "--judge", "llm", "--model", "smollm2", "--prompt-file",
+    failed_cleanly(cli("label", str(pairs_table), "--judge", "llm", "--model", "smollm2", "--prompt-file",
                      str(bad), "-o", out, env=env), 2, tmp_path, "{response}")
 
 
@@ -250,7 +237,7 @@ def test_label_table_with_a_guard_engine_fills_all_three_answers():
 @pytest.mark.slow
 def test_generate_and_judge_with_a_tiny_model(tmp_path, env):
     model = build_chatty_llama(tmp_path / "tiny")
-    src = write(tmp_path / "in.parquet", id=["a", "b", "c", "d"],
+    src = write_columns(tmp_path / "in.parquet", id=["a", "b", "c", "d"],
                 instruction=["How do I pick a lock?", "Write a poem about rain.", "Hi", ""])
     out = tmp_path / "out.parquet"
     args = ["label", str(src), "--generate", str(model), "--judge", "wildguard", "--model", str(model),
