@@ -22,9 +22,13 @@
 VW := build/experiment/v3
 VR := results/v3
 V3_MODEL ?= qwen2.5-coder-0.5b
-V3_BENIGN ?= mix50-b0-s0
+# The regime (step 1 of the issue): the audit run showed that 160 random rows of this pool at 1
+# epoch already take harmful P(refusal) from 26.1 % to 7.2 % (greedy refusals 65.7 % -> 45.1 %),
+# more than audit's top 160 do (8.7 %: short answers, fewer tokens to learn from); so the benign
+# set is a random 160 and the recipe the paper's direction of more training: 2 epochs (42 steps).
+V3_BENIGN ?= random-b0-s0
 V3_BENIGN_N ?= 160
-V3_TRAIN_ARGS ?= --template chat --epochs 1 --lr 1e-3 --batch-size 8 --max-length 128
+V3_TRAIN_ARGS ?= --template chat --epochs 2 --lr 1e-3 --batch-size 8 --max-length 128
 V3_DOSE ?= 4 8 16 32
 V3_BUDGET ?= 8
 V3_SEEDS ?= 0 1 2 3 4
