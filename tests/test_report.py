@@ -381,3 +381,24 @@ def test_an_audit_table_gets_its_section_with_the_top_rows_folded(tmp_path: Path
     top = int(np.argmax(scores))
     assert f"#1 · r{top} ·" in html and html.count('<span class="badge">training data</span>') == 20
     assert "task <b>" not in html and "task &lt;b&gt;" in html  # training text is escaped, never markup
+
+
+def test_a_large_audit_draws_a_sample_of_its_kept_rows_and_whole_numbers(tmp_path: Path):
+    import numpy as np
+
+    from safesample.report.charts import SCATTER_POINTS
+
+    rng = np.random.default_rng(1)
+    n = 6000
+    scores = rng.normal(size=n)
+    ranks = np.empty(n)
+    ranks[np.argsort(-scores)] = np.arange(1, n + 1)  # floats, as a table with nulls stores them
+    table = pa.table({"id": [f"r{i}" for i in range(n)], "audit_score": scores, "audit_rank": ranks,
+                      "response_tokens": (np.arange(n) % 90 + 3).astype(float)})
+    write_table(table, str(tmp_path / "audited.parquet"), provenance_entry("audit", {"layer_read": 4}))
+    html = report_table(load_inputs([str(tmp_path / "audited.parquet")]))
+    kept = n - max(1, round(0.05 * n))
+    assert f"{SCATTER_POINTS:,} of {kept:,} kept rows drawn" in html
+    assert len(html) < 400_000  # every one of 6,000 points as an SVG path would be ~700 KB
+    top = int(np.argmax(scores))
+    assert f"#1 · r{top} ·" in html and "#1.0" not in html

@@ -69,6 +69,9 @@ def audit_section(inputs: list["ReportInput"], options: "ReportOptions", chart, 
         for i in order.tolist():
             row = {c: scored.column(c)[i].as_py() for c in ("id", "audit_score", "audit_rank", "response_tokens")
                    if c in cols}
+            for c in ("audit_rank", "response_tokens"):  # whole numbers, even when stored as floats
+                if isinstance(row.get(c), float) and np.isfinite(row[c]):
+                    row[c] = int(row[c])
             row["instruction"] = _cut(scored.column("instruction")[i].as_py()) if "instruction" in cols else None
             answer = next((c for c in ("output", "response") if c in cols), None)
             row["answer"] = _cut(scored.column(answer)[i].as_py()) if answer else None
