@@ -13,10 +13,11 @@ Goal (issue 23): >= 4 rows/s at the layer audit picks. The directions come from 
 (SAFESAMPLE_CACHE_DIR): the first run fits them (372 anchors through 19 layers: minutes, not
 timed here). On a shared CPU the figures swing with the load, printed at the end.
 
-Last run (2026-12-07, 64 rows, 175 tokens/row after the cut, 2 threads, load average 5-6 from
-two other jobs): audit picked layer 4 in both dtypes; bf16 3.52 rows/s stopped vs 0.62 full
-(5.7x, 82 % saved); fp32 1.29 vs 0.33 (3.9x); bf16 / fp32 2.7x; Spearman rho 0.9997 bf16 vs fp32
-(kept); score vs response length rho -0.64 (the warning fires).
+Last run (2026-12-07, 32 rows, 168 tokens/row after the cut, 2 threads, the experiment beside
+it paused: load average 2.3 from its last minute): audit picked layer 4 in both dtypes; bf16 21.1
+rows/s stopped vs 3.8 full (5.55x, 82 % saved); fp32 7.05 vs 1.23 (5.7x); bf16 / fp32 3.0x;
+Spearman rho 0.9993 bf16 vs fp32 (kept); score vs response length rho -0.73 (the warning fires).
+Under load 5-6 from two other torch jobs the same bf16 pass ran 3.5 rows/s.
 
     nice -n 5 python bench/bench_audit.py            # 64 rows
     python bench/bench_audit.py --n 16 --repeat 1
