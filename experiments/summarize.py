@@ -86,7 +86,9 @@ PROBABILITY_GROUPS = {"harmful P(refusal)": lambda d: d["label"] == "harmful",
                       "XSTest P(refusal)": lambda d: d["category"] == "xstest_safe",
                       "AlpacaEval P(refusal)": lambda d: d["category"] == "alpaca_eval"}
 SCORE_METRICS = {**PROBABILITY_GROUPS, **SCORE_GROUPS}
-RATES = (*GROUPS, *PROBABILITY_GROUPS)  # shown in points
+# Greedy answers to harmful prompts that the harm judge calls harmful (arms judged with `-s harm`).
+HARM_METRIC = "harmful answers (harm judge)"
+RATES = (*GROUPS, HARM_METRIC, *PROBABILITY_GROUPS)  # shown in points
 
 
 def refusal_probability(scores: pd.Series) -> pd.Series:
@@ -153,6 +155,9 @@ def arm_metrics(df: pd.DataFrame | None, scored: pd.DataFrame | None = None) -> 
     out: dict[str, float] = {}
     if df is not None and "refusal" in df:
         out.update({name: float(df.loc[sel(df), "refusal"].mean()) for name, sel in GROUPS.items()})
+    if df is not None and "harmful_response" in df and df["harmful_response"].notna().any():
+        harm = df.loc[GROUPS["harmful refused"](df), "harmful_response"].astype("boolean")
+        out[HARM_METRIC] = float(harm.dropna().mean())  # an empty answer has no verdict: not counted
     source = scored if scored is not None and "refusal_score" in scored else df
     if source is not None and "refusal_score" in source:
         out.update({name: float(source.loc[sel(source), "refusal_score"].mean())
@@ -194,7 +199,7 @@ def paired_over_seeds(per_arm: dict, arms: dict, pairs: list[tuple[str, str]],
                            & {k[2] for k in per_arm if k[:2] == (vs, budget)})
             if not seeds:
                 continue
-            metrics = [m for m in list(GROUPS) + list(SCORE_METRICS)
+            metrics = [m for m in list(GROUPS) + [HARM_METRIC] + list(SCORE_METRICS)
                        if all(m in per_arm[(s_, budget, seed)] for s_ in (arm, vs) for seed in seeds)]
             for metric in metrics:
                 a = [per_arm[(arm, budget, s)][metric] for s in seeds]
@@ -287,7 +292,7 @@ def main() -> None:
     rows = []
     for (strategy, budget), runs in sorted(grouped.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         row = {"strategy": strategy, "budget": budget, "seeds": len(runs)}
-        for name in list(GROUPS) + list(SCORE_METRICS):
+        for name in list(GROUPS) + [HARM_METRIC] + list(SCORE_METRICS):
             vals = np.array([r[name] for r in runs if name in r])
             if not len(vals):
                 continue
@@ -381,7 +386,7 @@ def fmt(cell: dict, rate: bool = True) -> str:
 
 
 def markdown(rows: list[dict], tests: list[dict], command: str, arms: dict | None = None) -> str:
-    columns = [g for g in (*GROUPS, *SCORE_METRICS) if any(g in r for r in rows)]
+    columns = [g for g in (*GROUPS, HARM_METRIC, *SCORE_METRICS) if any(g in r for r in rows)]
     lines = [f"Produced by `{command}`. Mean over seeds, (min–max) when there are several.", "",
              "| strategy | budget | seeds | " + " | ".join(columns) + " | categories / clusters picked |",
              "|---|---|---|" + "---|" * (len(columns) + 1)]
@@ -405,9 +410,10 @@ def markdown(rows: list[dict], tests: list[dict], command: str, arms: dict | Non
         lines += ["", "The refusal score against the generated answers' refusal verdicts on the same prompts "
                   "(AUC; validated on the base model, checked here on each arm that has both): "
                   + ", ".join(f"{arm} {auc:.3f}" for arm, auc in aucs.items()) + "."]
-    lines += ["", "Harmful-response rate is not measured: the rules judge tells refusals, not whether an "
-              "answer is harmful; score with a guard model (`--scorer wildguard --judge-model ...` in JUDGE_ARGS) where one is "
-              "at hand."]
+    if HARM_METRIC not in columns:
+        lines += ["", "Harmful-response rate is not measured: the rules judge tells refusals, not whether an "
+                  "answer is harmful; add the harm judge (`--scorer harm` in the generation's judge arguments) or "
+                  "a guard model (`--scorer wildguard --judge-model ...`)."]
     return "\n".join(lines) + "\n"
 
 
