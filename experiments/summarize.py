@@ -89,6 +89,7 @@ SCORE_METRICS = {**PROBABILITY_GROUPS, **SCORE_GROUPS}
 # Greedy answers to harmful prompts that the harm judge calls harmful (arms judged with `-s harm`).
 HARM_METRIC = "harmful answers (harm judge)"
 RATES = (*GROUPS, HARM_METRIC, *PROBABILITY_GROUPS)  # shown in points
+METRICS = (*GROUPS, HARM_METRIC, *SCORE_METRICS)  # every per-arm figure, in table order
 
 
 def refusal_probability(scores: pd.Series) -> pd.Series:
@@ -199,7 +200,7 @@ def paired_over_seeds(per_arm: dict, arms: dict, pairs: list[tuple[str, str]],
                            & {k[2] for k in per_arm if k[:2] == (vs, budget)})
             if not seeds:
                 continue
-            metrics = [m for m in list(GROUPS) + [HARM_METRIC] + list(SCORE_METRICS)
+            metrics = [m for m in METRICS
                        if all(m in per_arm[(s_, budget, seed)] for s_ in (arm, vs) for seed in seeds)]
             for metric in metrics:
                 a = [per_arm[(arm, budget, s)][metric] for s in seeds]
@@ -292,7 +293,7 @@ def main() -> None:
     rows = []
     for (strategy, budget), runs in sorted(grouped.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         row = {"strategy": strategy, "budget": budget, "seeds": len(runs)}
-        for name in list(GROUPS) + [HARM_METRIC] + list(SCORE_METRICS):
+        for name in METRICS:
             vals = np.array([r[name] for r in runs if name in r])
             if not len(vals):
                 continue
@@ -386,7 +387,7 @@ def fmt(cell: dict, rate: bool = True) -> str:
 
 
 def markdown(rows: list[dict], tests: list[dict], command: str, arms: dict | None = None) -> str:
-    columns = [g for g in (*GROUPS, HARM_METRIC, *SCORE_METRICS) if any(g in r for r in rows)]
+    columns = [g for g in METRICS if any(g in r for r in rows)]
     lines = [f"Produced by `{command}`. Mean over seeds, (min–max) when there are several.", "",
              "| strategy | budget | seeds | " + " | ".join(columns) + " | categories / clusters picked |",
              "|---|---|---|" + "---|" * (len(columns) + 1)]

@@ -56,9 +56,6 @@ GROUPS = ("harmful", "benign", "unflagged")
 
 
 
-
-
-
 @dataclass
 class JudgeOptions:
     model: str | None = None  # generate the responses with this model; else score `response`

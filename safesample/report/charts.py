@@ -274,12 +274,13 @@ def score_panels(scores: np.ndarray, lengths: np.ndarray, flagged: np.ndarray, *
         # Every point is an SVG element: past SCATTER_POINTS kept rows, a fixed random sample of
         # them is drawn (the flagged rows always), so a 7,000-row audit is not a 1 MB page.
         kept = np.flatnonzero(~flagged)
-        if len(kept) > SCATTER_POINTS:
+        n_kept = len(kept)
+        if n_kept > SCATTER_POINTS:
             kept = np.sort(np.random.default_rng(0).choice(kept, SCATTER_POINTS, replace=False))
         right.scatter(lengths[kept], scores[kept], s=4, alpha=0.35, color=PALETTE[0], linewidths=0)
         if flagged.any():
             right.scatter(lengths[flagged], scores[flagged], s=6, color=PALETTE[3], linewidths=0)
-        shown = "" if len(kept) == (~flagged).sum() else f" ({len(kept):,} of {(~flagged).sum():,} kept rows drawn)"
+        shown = "" if len(kept) == n_kept else f" ({len(kept):,} of {n_kept:,} kept rows drawn)"
         right.set_title(f"{score_name} vs response length{shown}", fontsize=9)
         right.set_xlabel("response tokens (as trained on)")
         right.set_ylabel(score_name)
