@@ -30,7 +30,9 @@ V3_BENIGN ?= random-b0-s0
 V3_BENIGN_N ?= 160
 V3_TRAIN_ARGS ?= --template chat --epochs 2 --lr 1e-3 --batch-size 8 --max-length 128
 V3_DOSE ?= 4 8 16 32
-V3_BUDGET ?= 8
+# Step 2 on seed 0: 8 random rows restored 28 % of the lost harmful P(refusal), 16 rows 74 %, so
+# the budget where a better choice can show (30-70 %) is between: 12 rows (7 % of the mix).
+V3_BUDGET ?= 12
 V3_SEEDS ?= 0 1 2 3 4
 V3_STRATEGIES ?= random diverse targeted
 V3_DROP ?= 10
@@ -112,3 +114,4 @@ v3-summary:
 	$(PY) experiments/summarize.py $(VR)/arms --labels $(AW)/data/eval.parquet --out $(VR) \
 	  --pairs "diverse:random,targeted:random,targeted:diverse,droptop:droprand,droptop_$(V3_BEST):droptop" \
 	  --command "make experiment-v3 V3_BUDGET=$(V3_BUDGET) V3_BENIGN=$(V3_BENIGN)"
+	$(SS) report $(VR)/summary.json $(wildcard $(VR)/selection/*.json) -o $(VR)/report.html
