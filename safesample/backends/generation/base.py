@@ -167,4 +167,25 @@ class EngineBase:
 
     def generate(self, prompts: list[str], max_new_tokens: int | None = None,
                  progress: Advance | None = None) -> list[str | None]:
+        """Greedy answers in prompt order; None where a prompt could not run (why: `last_errors`).
+
+        What every engine shares (the token budget, the encoding, skipping empty prompts); the
+        engine's `_generate` answers the rest."""
+        self.last_errors = {}
+        if not prompts:
+            return []
+        new_tokens = max_new_tokens or self.max_new_tokens
+        ids = self._encode(prompts, new_tokens)
+        todo = [i for i in range(len(ids)) if ids[i]]
+        results: list[str | None] = [None] * len(ids)
+        if progress and len(todo) < len(ids):
+            progress(len(ids) - len(todo))
+        if todo:
+            self._generate(ids, todo, new_tokens, results, progress)
+        return results
+
+    def _generate(self, ids: list[list[int]], todo: list[int], new_tokens: int, results: list[str | None],
+                  progress: Advance | None) -> None:
+        """Fill `results[i]` for each prompt index in `todo` (its token ids: `ids[i]`), calling
+        `progress` as answers arrive."""
         raise NotImplementedError

@@ -47,24 +47,16 @@ class TransformersEngine(EngineBase):
         config = getattr(self.model, "config", None)
         return getattr(config, "max_position_embeddings", None) or context_length(self.ref)
 
-    def generate(self, prompts: list[str], max_new_tokens: int | None = None,
-                 progress: Advance | None = None) -> list[str | None]:
+    def _generate(self, ids: list[list[int]], todo: list[int], new_tokens: int, results: list[str | None],
+                  progress: Advance | None) -> None:
         import torch
 
-        self.last_errors = {}
-        if not prompts:
-            return []
-        new_tokens = max_new_tokens or self.max_new_tokens
-        ids = self._encode(prompts, new_tokens)
         # Longest first: similar lengths share a batch (little padding), and a batch that does not
         # fit in memory fails at the start rather than after an hour.
-        order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: -len(ids[i]))
+        order = sorted(todo, key=lambda i: -len(ids[i]))
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_ids[0]
         device = next(self.model.parameters()).device
-        results: list[str | None] = [None] * len(ids)
-        if progress and len(order) < len(ids):
-            progress(len(ids) - len(order))
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             width = max(len(ids[i]) for i in batch)
@@ -83,4 +75,3 @@ class TransformersEngine(EngineBase):
                 results[i] = self._decode(out[row, width:].tolist())
             if progress:
                 progress(len(batch))
-        return results

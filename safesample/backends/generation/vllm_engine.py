@@ -159,19 +159,8 @@ class VLLMEngine(EngineBase):
         return self._params_factory(temperature=0.0, max_tokens=new_tokens, repetition_penalty=1.0,
                                     stop_token_ids=list(self.eos_ids), detokenize=False)
 
-    def generate(self, prompts: list[str], max_new_tokens: int | None = None,
-                 progress: Advance | None = None) -> list[str | None]:
-        self.last_errors = {}
-        if not prompts:
-            return []
-        new_tokens = max_new_tokens or self.max_new_tokens
-        ids = self._encode(prompts, new_tokens)
-        todo = [i for i in range(len(ids)) if ids[i]]
-        results: list[str | None] = [None] * len(ids)
-        if progress and len(todo) < len(ids):
-            progress(len(ids) - len(todo))
-        if not todo:
-            return results
+    def _generate(self, ids: list[list[int]], todo: list[int], new_tokens: int, results: list[str | None],
+                  progress: Advance | None) -> None:
         llm = self._start(max(len(ids[i]) for i in todo) + new_tokens)
         params = self._params(new_tokens)
         extra: dict[str, Any] = {}
@@ -185,7 +174,6 @@ class VLLMEngine(EngineBase):
                 results[i] = text
             if progress:
                 progress(len(part))
-        return results
 
     def _run(self, llm, seqs: list[list[int]], rows: list[int], params, extra) -> list[str | None]:
         """One generate call; a prompt vLLM rejects is retried alone, so only its row fails."""

@@ -86,13 +86,10 @@ class RayLLMEngine(EngineBase):
                 "runtime_env": {"env_vars": worker_env()},
                 "chat_template_stage": False, "tokenize_stage": False, "detokenize_stage": True}
 
-    def generate(self, prompts: list[str], max_new_tokens: int | None = None, progress=None) -> list[str]:
+    def _generate(self, ids: list[list[int]], todo: list[int], new_tokens: int, results: list[str | None],
+                  progress) -> None:
         import ray.data
 
-        if not prompts:
-            return []
-        new_tokens = max_new_tokens or self.max_new_tokens
-        ids = self._encode(prompts, new_tokens)
         lora = self.ref.adapter
 
         def preprocess(row: dict[str, Any]) -> dict[str, Any]:
@@ -116,19 +113,17 @@ class RayLLMEngine(EngineBase):
                                  "pass --engine transformers") from exc
         config = {k: v for k, v in self.processor_config().items() if v is not None}
         processor = build(config_class(**config), preprocess=preprocess, postprocess=postprocess)
-        ds = ray.data.from_items([{"row": i, "ids": seq} for i, seq in enumerate(ids)])
+        ds = ray.data.from_items([{"row": i, "ids": ids[i]} for i in todo])
         with errors():
             rows = processor(ds).take_all()
-        texts: list[str | None] = [None] * len(ids)
         for row in rows:
-            texts[int(row["row"])] = row["text"]
-        missing = sum(t is None for t in texts)
+            results[int(row["row"])] = row["text"] or ""
+        missing = sum(results[i] is None for i in todo)
         if missing:
-            raise ModelError(f"the vLLM processor returned no text for {missing} of {len(ids)} prompts",
+            raise ModelError(f"the vLLM processor returned no text for {missing} of {len(todo)} prompts",
                              "see the Ray logs (rerun with -v)")
         if progress:
-            progress(len(ids))
-        return [t or "" for t in texts]
+            progress(len(todo))
 
     def close(self) -> None:
         pass
