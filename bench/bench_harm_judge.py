@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_rules_accuracy import DATA, held_out  # noqa: E402
+from bench_rules_accuracy import read_labels  # noqa: E402
 
 # Do-Not-Answer (Wang, Li, Han, Nakov, Baldwin 2023, "Do-Not-Answer: A Dataset for Evaluating
 # Safeguards in LLMs", arXiv:2308.13387; the table of the project's README, github.com/Libr-AI/do-not-answer):
@@ -43,8 +43,6 @@ DNA_HARMLESS = {"LLaMA-2": (99.7, 99.4, 99.3), "ChatGPT": (98.5, 97.7, 97.9), "C
 
 
 def rates(pred, y, models):
-    import numpy as np
-
     out = {}
     for m in sorted(set(models)):
         sel = models == m
@@ -54,7 +52,6 @@ def rates(pred, y, models):
 
 def main() -> int:
     import numpy as np
-    import pandas as pd
 
     from safesample.backends import harm_judge as hj
     from safesample.backends.generation import load_engine
@@ -67,12 +64,10 @@ def main() -> int:
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
-    path = DATA / "refusal_labels" / "refusal_labels.parquet"
-    if not path.exists():
-        print(f"missing {path}; set SAFESAMPLE_SHARED_DATA", file=sys.stderr)
+    df = read_labels()
+    if df is None:
         return 1
-    df = pd.read_parquet(path)
-    df = df[[held_out(s) for s in df["instruction"]]].reset_index(drop=True)
+    df = df[df["held_out"]].reset_index(drop=True)
     y = df["harmful_response"].to_numpy(bool)
     models = df["model"].to_numpy()
     judge = hj.load(args.weights)

@@ -55,6 +55,20 @@ def held_out(instruction: str) -> bool:
     return int(hashlib.sha256(instruction.encode("utf-8")).hexdigest(), 16) % 10 < 3
 
 
+def read_labels():
+    """The human-labelled responses (a DataFrame with `held_out` added), or None after saying
+    where they were looked for."""
+    import pandas as pd
+
+    path = DATA / "refusal_labels" / "refusal_labels.parquet"
+    if not path.exists():
+        print(f"missing {path}; set SAFESAMPLE_SHARED_DATA", file=sys.stderr)
+        return None
+    df = pd.read_parquet(path)
+    df["held_out"] = [held_out(s) for s in df["instruction"]]
+    return df
+
+
 def gold_styles(df) -> list[str | None]:
     out = []
     for label, action in zip(df["label"], df["action"]):
@@ -89,12 +103,9 @@ def main() -> int:
     parser.add_argument("--learned", default=None, help="learned-judge weights [default: the shipped ones]")
     parser.add_argument("--no-learned", action="store_true", help="skip the learned judge (no embedding)")
     args = parser.parse_args()
-    path = DATA / "refusal_labels" / "refusal_labels.parquet"
-    if not path.exists():
-        print(f"missing {path}; set SAFESAMPLE_SHARED_DATA", file=sys.stderr)
+    df = read_labels()
+    if df is None:
         return 1
-    df = pd.read_parquet(path)
-    df["held_out"] = [held_out(s) for s in df["instruction"]]
     df["gold"] = gold_styles(df)
     df["rules"] = classify_responses(df["response"].tolist())
     df["strmatch"] = xstest_string_match(df["response"].tolist())
