@@ -14,7 +14,8 @@
 # - at V3_BUDGET, seeds V3_SEEDS: random, diverse, targeted (select --strategy targeted --against
 #   the audited benign set);
 # - audit as a defence, seeds V3_SEEDS: droptop (the benign set minus its audit top V3_DROP %),
-#   droprand (minus V3_DROP % at random), droptop_<V3_BEST> (droptop plus that strategy's rows).
+#   droprand (minus V3_DROP % at random), droptop_<V3_BEST> (droptop plus that strategy's rows,
+#   paired with that strategy alone: does the drop add to the safety rows?).
 # Outcomes per arm (results/v3/arms/<arm>.parquet, committed as each arm ends, ids and numbers
 # only): refusal_score on all 430 eval prompts; on the seed-0 arms (and aligned) greedy answers to
 # a third of them (102 harmful) judged by the rules (refusal) and the harm judge.
@@ -112,6 +113,6 @@ $(VR)/arms/%.parquet:
 
 v3-summary:
 	$(PY) experiments/summarize.py $(VR)/arms --labels $(AW)/data/eval.parquet --out $(VR) \
-	  --pairs "diverse:random,targeted:random,targeted:diverse,droptop:droprand,droptop_$(V3_BEST):droptop" \
+	  --pairs "diverse:random,targeted:random,targeted:diverse,droptop:droprand,droptop_$(V3_BEST):$(V3_BEST)" \
 	  --command "make experiment-v3 V3_BUDGET=$(V3_BUDGET) V3_BENIGN=$(V3_BENIGN)"
 	$(SS) report $(VR)/summary.json $(wildcard $(VR)/selection/*.json) -o $(VR)/report.html
