@@ -111,7 +111,17 @@ $(VR)/arms/%.parquet:
 	$(PY) experiments/arm_results.py --scored $(VW)/scored/$*.parquet \
 	  $(if $(call v3_generates,$*),--judged $(VW)/judged/$*.parquet) -o $@
 
-v3-summary:
+# How near each arm's safety rows lie to the harmful eval prompts (a diagnostic of the strategies).
+V3_PICKED = $(sort $(foreach a,$(basename $(notdir $(wildcard $(VR)/arms/*.parquet))),\
+  $(if $(filter-out 0,$(call budget,$(a))),$(VW)/picked/$(subst droptop_,,$(a)).parquet)))
+$(VW)/data/eval.emb.parquet: $(AW)/data/eval.parquet
+	mkdir -p $(@D)
+	$(SS) embed $< --text prompt $(Q) -o $@
+
+$(VR)/picks.json: $(VW)/pool.clustered.parquet $(VW)/data/eval.emb.parquet $(V3_PICKED) experiments/picks_vs_eval.py
+	$(PY) experiments/picks_vs_eval.py $(VW)/pool.clustered.parquet $(VW)/data/eval.emb.parquet $(V3_PICKED) -o $@
+
+v3-summary: $(VR)/picks.json
 	$(PY) experiments/summarize.py $(VR)/arms --labels $(AW)/data/eval.parquet --out $(VR) \
 	  --pairs "diverse:random,targeted:random,targeted:diverse,droptop:droprand,droptop_$(V3_BEST):$(V3_BEST)" \
 	  --command "make experiment-v3 V3_BUDGET=$(V3_BUDGET) V3_BENIGN=$(V3_BENIGN)"
