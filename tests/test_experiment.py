@@ -1,4 +1,4 @@
-"""The experiment's two Python steps: the data cuts (prepare.py) and the summary (summarize.py)."""
+"""The experiment's Python steps: the data cuts (prepare.py), the summary (summarize.py), the picks diagnostic."""
 
 from __future__ import annotations
 
@@ -239,3 +239,28 @@ def test_summarize_scored_only_arms_and_sampling_refusal_probability(tmp_path: P
     assert "| random | 8 | 2 | 25.0 % [1 of 2 seeds] |" in md and "71.8 % (62.5–81.1)" in md
     assert (out / "refusal_vs_budget.png").exists() and (out / "per_category.png").exists()
     assert (out / "paired_by_seed.png").exists()  # two seeds paired on the harmful score
+
+
+def test_picks_vs_eval_known_answer(tmp_path: Path):
+    # Harmful eval prompts along x and y; a safe one along z (ignored). Pool rows: on x (cosine 1),
+    # between x and y (0.707), on z (0), and -x (y is nearest: 0). Pool median: (0 + 0.707) / 2.
+    import numpy as np
+
+    def vec(*v):
+        return list(np.asarray(v, dtype=np.float32))
+
+    pd.DataFrame({"label": ["harmful", "harmful", "safe"],
+                  "embedding": [vec(1, 0, 0), vec(0, 1, 0), vec(0, 0, 1)]}).to_parquet(tmp_path / "eval.parquet")
+    pd.DataFrame({"id": ["a", "b", "c", "d"],
+                  "embedding": [vec(2, 0, 0), vec(1, 1, 0), vec(0, 0, 3), vec(-1, 0, 0)]}).to_parquet(tmp_path / "pool.parquet")
+    pd.DataFrame({"id": ["a", "b"]}).to_parquet(tmp_path / "near-b2-s0.parquet")
+    pd.DataFrame({"id": ["c", "d"]}).to_parquet(tmp_path / "far-b2-s0.parquet")
+    out = tmp_path / "picks.json"
+    run(str(REPO / "experiments" / "picks_vs_eval.py"), str(tmp_path / "pool.parquet"), str(tmp_path / "eval.parquet"),
+        str(tmp_path / "near-b2-s0.parquet"), str(tmp_path / "far-b2-s0.parquet"), "-o", str(out))
+    got = json.loads(out.read_text())
+    assert got["harmful_eval_prompts"] == 2
+    assert abs(got["pool_median_nearest_cosine"] - 0.7071 / 2) < 1e-3
+    assert abs(got["arms"]["near-b2-s0"]["mean_nearest_cosine"] - (1 + 0.7071) / 2) < 1e-3
+    assert got["arms"]["near-b2-s0"]["below_pool_median"] == 0
+    assert got["arms"]["far-b2-s0"] == {"rows": 2, "mean_nearest_cosine": 0.0, "below_pool_median": 2}
