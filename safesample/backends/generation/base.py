@@ -1,6 +1,7 @@
-"""The engine contract: the `Engine` protocol, `EngineBase` (what both engines share: prompts
-encoded and cut from the left to fit the context, answers decoded up to the first EOS, the chat
-template, the model fingerprint), and `EngineSettings` (how a model is served).
+"""The engine contract: the `Engine` protocol, `EngineBase` (what every engine shares: `generate`
+itself, with prompts encoded and cut from the left to fit the context and empty ones skipped,
+answers decoded up to the first EOS, the chat template, the model fingerprint; an engine writes
+only `_generate`), and `EngineSettings` (how a model is served).
 
 The engines themselves are in `transformers_engine` and `vllm_engine`; `load_engine` (the package)
 picks one; `cache.cached_generate` reuses their outputs.
