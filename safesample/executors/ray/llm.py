@@ -117,7 +117,7 @@ class RayLLMEngine(EngineBase):
         with errors():
             rows = processor(ds).take_all()
         for row in rows:
-            results[int(row["row"])] = row["text"] or ""
+            results[int(row["row"])] = row["text"]  # None (no text) is counted below, not blanked
         missing = sum(results[i] is None for i in todo)
         if missing:
             raise ModelError(f"the vLLM processor returned no text for {missing} of {len(todo)} prompts",
