@@ -15,12 +15,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-
-def unit(column) -> np.ndarray:
-    m = np.stack(list(column)).astype(np.float32)
-    return m / np.linalg.norm(m, axis=1, keepdims=True)
+from safesample.vectors import embedding_matrix
 
 
 def main() -> int:
@@ -30,13 +28,14 @@ def main() -> int:
     p.add_argument("picked", nargs="+", help="select outputs (picked/<arm>.parquet)")
     p.add_argument("-o", "--output", required=True)
     a = p.parse_args()
-    ev = pq.read_table(a.eval).to_pandas()
-    harmful = unit(ev.loc[ev["label"] == "harmful", "embedding"])
-    pool = pq.read_table(a.pool, columns=["id", "embedding"]).to_pandas()
-    nearest = (unit(pool["embedding"]) @ harmful.T).max(axis=1)
+    ev = pq.read_table(a.eval)
+    ev = ev.filter(pc.equal(ev.column("label"), "harmful"))
+    harmful = embedding_matrix(ev, name="the harmful eval prompts", command="picks_vs_eval", unit=True)
+    pool = pq.read_table(a.pool, columns=["id", "embedding"])
+    nearest = (embedding_matrix(pool, name="the pool", command="picks_vs_eval", unit=True) @ harmful.T).max(axis=1)
     median = float(np.median(nearest))
-    by_id = dict(zip(pool["id"], nearest))
-    out = {"pool_rows": len(pool), "harmful_eval_prompts": int(len(harmful)),
+    by_id = dict(zip(pool.column("id").to_pylist(), nearest))
+    out = {"pool_rows": pool.num_rows, "harmful_eval_prompts": int(len(harmful)),
            "pool_median_nearest_cosine": round(median, 4), "arms": {}}
     for path in sorted(a.picked):
         ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
