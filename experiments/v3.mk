@@ -37,7 +37,9 @@ V3_BUDGET ?= 12
 V3_SEEDS ?= 0 1 2 3 4
 V3_STRATEGIES ?= random diverse targeted
 V3_DROP ?= 10
-V3_BEST ?= targeted
+# The best strategy at V3_BUDGET over the seeds run: random (targeted lost on every seed, diverse
+# tied with it), so the drop is tested with random's rows (droptop_random, paired with random).
+V3_BEST ?= random
 V3_GEN_SEEDS ?= 0
 V3_SCORE_ARGS ?= --scorer refusal_score --batch-size 8 --dtype bfloat16
 V3_GEN_ARGS ?= --scorer rules --scorer harm --max-new-tokens 48 --batch-size 16 --engine transformers --dtype bfloat16
