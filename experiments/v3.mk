@@ -120,7 +120,9 @@ $(VW)/data/eval.emb.parquet: $(AW)/data/eval.parquet
 	mkdir -p $(@D)
 	$(SS) embed $< --text prompt $(Q) -o $@
 
-$(VR)/picks.json: $(VW)/pool.clustered.parquet $(VW)/data/eval.emb.parquet $(V3_PICKED) experiments/picks_vs_eval.py
+# The arm files are prerequisites too: a new arm adds a pick set older than the last picks.json.
+$(VR)/picks.json: $(VW)/pool.clustered.parquet $(VW)/data/eval.emb.parquet $(V3_PICKED) \
+                  $(wildcard $(VR)/arms/*.parquet) experiments/picks_vs_eval.py
 	$(PY) experiments/picks_vs_eval.py $(VW)/pool.clustered.parquet $(VW)/data/eval.emb.parquet $(V3_PICKED) -o $@
 
 v3-summary: $(VR)/picks.json
